@@ -1,0 +1,3 @@
+from llmspool.control.cli import main
+
+main()

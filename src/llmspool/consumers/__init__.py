@@ -1,0 +1,1 @@
+"""The worker runtime and the backends that run jobs on inference engines."""

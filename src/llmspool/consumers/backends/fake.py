@@ -1,0 +1,165 @@
+"""The ``fake`` engine: deterministic text at a configured pace, for tests and benchmarks.
+
+It emits exactly ``max_tokens`` tokens unless a stop sequence matches. Token ``i`` (from 0)
+leaves at ``start + ttft_ms + i * itl_ms``, where ``start`` is when the job began, so its pace
+does not drift under load. The same prompt always gives the same text; a ``seed`` changes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+
+from pydantic import Field
+
+from llmspool.consumers.backends.base import (
+    BackendOptions,
+    Delta,
+    Prompt,
+    StopMatcher,
+    prompt_of,
+    sampling_params,
+)
+from llmspool.shared.config import ModelConfig
+from llmspool.shared.messages import Job
+from llmspool.shared.protocol import Usage
+
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "queues",
+    "hum",
+    "and",
+    "tokens",
+    "stream",
+    "from",
+    "redis",
+    "to",
+    "every",
+    "patient",
+    "client",
+    "across",
+    "the",
+    "wire",
+]
+
+
+class Options(BackendOptions):
+    ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
+    itl_ms: float = Field(default=0.0, ge=0, description="Delay between tokens.")
+    embedding_dim: int = Field(default=8, ge=1, le=4096, description="Size of fake embeddings.")
+
+
+class FakeBackend:
+    """Deterministic text at a fixed pace; counts what it generates."""
+
+    def __init__(self, model: ModelConfig, options: Options) -> None:
+        self.model = model
+        self.options = options
+        self.max_concurrency = model.max_concurrency
+        #: Tokens generated since start, cancelled jobs included (tests read it).
+        self.tokens_generated = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def generate(self, job: Job) -> AsyncIterator[Delta]:
+        params = sampling_params(job, self.model)
+        prompt = prompt_of(job)
+        start = time.monotonic()
+        matcher = StopMatcher(params.stop)
+        words = token_stream(prompt_text(prompt), params.seed)
+        produced = 0
+        for i in range(params.max_tokens):
+            await _sleep_until(start + (self.options.ttft_ms + i * self.options.itl_ms) / 1000)
+            self.tokens_generated += 1
+            produced += 1
+            text = matcher.feed(next(words))
+            if matcher.matched:
+                if text:
+                    yield Delta(text=text, tokens=1)
+                yield _final("stop", prompt, produced)
+                return
+            if text:
+                yield Delta(text=text, tokens=1)
+        tail = matcher.flush()
+        if tail:
+            yield Delta(text=tail)
+        yield _final("length", prompt, produced)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return [fake_embedding(text, self.options.embedding_dim) for text in texts]
+
+
+def create(model: ModelConfig) -> FakeBackend:
+    return FakeBackend(model, Options.model_validate(model.options))
+
+
+def prompt_text(prompt: Prompt) -> str:
+    if prompt.text is not None:
+        return prompt.text
+    return "\n".join(message.text() for message in prompt.messages)
+
+
+def count_tokens(text: str) -> int:
+    """The fake engine's tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
+def token_stream(prompt: str, seed: int | None) -> WordStream:
+    digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
+    offset = int.from_bytes(digest[:4], "big")
+    return WordStream(offset)
+
+
+class WordStream:
+    """Endless deterministic words, each with a leading space after the first."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+        self._i = 0
+
+    def __iter__(self) -> WordStream:
+        return self
+
+    def __next__(self) -> str:
+        word = WORDS[(self._offset + self._i * 7) % len(WORDS)]
+        text = word if self._i == 0 else " " + word
+        self._i += 1
+        return text
+
+
+def fake_embedding(text: str, dim: int) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [(digest[i % len(digest)] - 127.5) / 127.5 for i in range(dim)]
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return [x / norm for x in raw]
+
+
+def _final(reason: str, prompt: Prompt, produced: int) -> Delta:
+    prompt_tokens = count_tokens(prompt_text(prompt))
+    usage = Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=produced,
+        total_tokens=prompt_tokens + produced,
+    )
+    return Delta(finish_reason="stop" if reason == "stop" else "length", usage=usage)
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    # Always yield to the loop, even at zero delay, so a zero-delay engine cannot starve it.
+    await asyncio.sleep(delay if delay > 0 else 0)

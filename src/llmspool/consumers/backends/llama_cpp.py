@@ -1,0 +1,197 @@
+"""The ``llama_cpp`` backend: llama-cpp-python on the CPU (the default).
+
+The engine is blocking and not thread-safe, so one job runs at a time in a worker thread; its
+tokens reach the event loop through :class:`ThreadedGeneration`, which stops the engine within
+one token when the job is cancelled. Without a ``model_path`` it serves the packaged
+gemma-3-270m with the Gemma 3 turn template.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import random
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from llmspool.consumers.backends import gemma
+from llmspool.consumers.backends.base import (
+    BackendOptions,
+    Delta,
+    Prompt,
+    SamplingParams,
+    StopMatcher,
+    ThreadedGeneration,
+    prompt_of,
+    sampling_params,
+)
+from llmspool.shared.config import ModelConfig
+from llmspool.shared.errors import ConfigError, InvalidRequest, UnsupportedCapability
+from llmspool.shared.messages import Job
+from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
+from llmspool.shared.protocol import Usage
+from llmspool.shared.settings import Settings
+
+MISSING = "the llama_cpp backend needs llama-cpp-python: pip install 'llmspool[llamacpp]'"
+
+
+class Options(BackendOptions):
+    model_path: str | None = Field(
+        default=None, description="GGUF file to serve; unset: the packaged gemma-3-270m."
+    )
+    chat_template: Literal["gemma3", "gguf"] = Field(
+        default="gemma3",
+        description="gemma3: the Gemma 3 turn template; gguf: the file's own chat template.",
+    )
+    n_ctx: int = Field(default=2048, ge=64, description="Context size in tokens.")
+    n_threads: int | None = Field(default=None, ge=1, description="CPU threads; unset: all.")
+    n_batch: int = Field(default=512, ge=1, description="Prompt processing batch size.")
+    stop_token_ids: tuple[int, ...] = Field(
+        default=gemma.STOP_TOKEN_IDS, description="Token ids that end a generation."
+    )
+
+
+class LlamaCppBackend:
+    """One llama.cpp model in this process."""
+
+    def __init__(self, model: ModelConfig, options: Options, settings: Settings) -> None:
+        self.model = model
+        self.options = options
+        self.settings = settings
+        self.max_concurrency = 1  # llama.cpp contexts are not thread-safe
+        self._llm: Any = None
+        self._lock = threading.Lock()
+        self._formatter: Any = None
+
+    async def start(self) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ConfigError(MISSING) from exc
+        path = self.model_path()
+        if not path.is_file():
+            raise ConfigError(f"model {self.model.name}: no model file at {path}")
+        self._llm = Llama(
+            model_path=str(path),
+            n_ctx=self.options.n_ctx,
+            n_threads=self.options.n_threads or os.cpu_count() or 1,
+            n_batch=self.options.n_batch,
+            verbose=False,
+        )
+        if self.options.chat_template == "gguf":
+            self._formatter = _gguf_formatter(self._llm)
+
+    def model_path(self) -> Path:
+        if self.options.model_path:
+            return Path(self.options.model_path).expanduser()
+        return ensure_packaged(GEMMA_3_270M, self.settings.cache_dir)
+
+    async def stop(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+    def render(self, prompt: Prompt) -> str:
+        """The text the engine sees for ``prompt``."""
+        if prompt.text is not None:
+            return prompt.text
+        if self._formatter is not None:
+            rendered = self._formatter(messages=[m.model_dump() for m in prompt.messages])
+            return str(rendered.prompt)
+        return gemma.render(prompt.messages)
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        tokens: list[int] = self._llm.tokenize(
+            self.render(prompt).encode(), add_bos=True, special=prompt.is_chat
+        )
+        return tokens
+
+    def generate(self, job: Job) -> AsyncIterator[Delta]:
+        params = sampling_params(job, self.model)
+        prompt = prompt_of(job)
+        return ThreadedGeneration(lambda stop: self._produce(prompt, params, stop)).__aiter__()
+
+    def _produce(
+        self, prompt: Prompt, params: SamplingParams, stop: threading.Event
+    ) -> Iterator[Delta]:
+        with self._lock:
+            tokens = self.tokenize(prompt)
+            budget = self.options.n_ctx - len(tokens)
+            if budget <= 0:
+                raise InvalidRequest(
+                    f"the prompt is {len(tokens)} tokens; this model's context is "
+                    f"{self.options.n_ctx}",
+                    param="messages" if prompt.is_chat else "prompt",
+                )
+            self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
+            yield from self._sample(tokens, params, min(params.max_tokens, budget), stop)
+
+    def _sample(
+        self, tokens: Sequence[int], params: SamplingParams, limit: int, stop: threading.Event
+    ) -> Iterator[Delta]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        matcher = StopMatcher(params.stop)
+        produced, finish = 0, "length"
+        for token in self._llm.generate(tokens, **_engine_args(params)):
+            if stop.is_set():
+                return
+            if token in self.options.stop_token_ids:
+                finish = "stop"
+                break
+            produced += 1
+            text = matcher.feed(decoder.decode(self._llm.detokenize([token])))
+            if text:
+                yield Delta(text=text, tokens=1)
+            if matcher.matched:
+                finish = "stop"
+                break
+            if produced >= limit:
+                break
+        tail = "" if matcher.matched else matcher.flush() + decoder.decode(b"", final=True)
+        usage = Usage(
+            prompt_tokens=len(tokens),
+            completion_tokens=produced,
+            total_tokens=len(tokens) + produced,
+        )
+        yield Delta(text=tail, finish_reason="stop" if finish == "stop" else "length", usage=usage)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        raise UnsupportedCapability("embeddings are not enabled for this model")
+
+
+def _engine_args(params: SamplingParams) -> dict[str, Any]:
+    return {
+        "temp": params.temperature,
+        "top_p": params.top_p,
+        "top_k": 0 if params.temperature > 0 else 1,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "repeat_penalty": 1.0,
+        "reset": True,
+    }
+
+
+def _gguf_formatter(llm: Any) -> Any:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ConfigError("chat_template = 'gguf', but the model file has no chat template")
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=llm.detokenize([llm.token_eos()]).decode(errors="replace"),
+        bos_token=llm.detokenize([llm.token_bos()]).decode(errors="replace"),
+    )
+
+
+def create(model: ModelConfig) -> LlamaCppBackend:
+    return LlamaCppBackend(model, Options.model_validate(model.options), Settings())

@@ -1,0 +1,153 @@
+"""Reply publishing: coalesced frames, pipelined in one round trip per flush.
+
+Each job writes into a :class:`ReplyStream`. Text that arrives within ``coalesce`` seconds of
+the last flush leaves as one frame; a request's first text and its final frame never wait. One
+flusher task sends the frames of every running job in a single pipeline, so many jobs cost one
+Redis round trip per flush instead of one per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from redis.asyncio import Redis
+
+from llmspool.shared import keys
+from llmspool.shared.messages import ReplyFrame, WireError
+from llmspool.shared.protocol import FinishReason, Usage
+
+log = logging.getLogger(__name__)
+
+
+class ReplyStream:
+    """The reply of one job attempt, buffered until the publisher flushes it."""
+
+    def __init__(self, publisher: ReplyPublisher, request_id: str, attempt: int) -> None:
+        self._publisher = publisher
+        self.request_id = request_id
+        self.attempt = attempt
+        self.seq = 0
+        self.text: list[str] = []
+        self.tokens = 0
+        self.final: ReplyFrame | None = None
+        self.sent_text = False
+
+    def write(self, text: str, tokens: int) -> None:
+        """Queue text; the first text of a reply is flushed at once."""
+        self.text.append(text)
+        self.tokens += tokens
+        self._publisher.mark(self, urgent=not self.sent_text)
+
+    async def finish(
+        self,
+        finish_reason: FinishReason | None = None,
+        usage: Usage | None = None,
+        error: WireError | None = None,
+        embeddings: list[list[float]] | None = None,
+    ) -> None:
+        """Queue the final frame and wait until it has been published."""
+        self.final = ReplyFrame(
+            request_id=self.request_id,
+            attempt=self.attempt,
+            seq=0,
+            finish_reason=finish_reason,
+            usage=usage,
+            error=error,
+            embeddings=embeddings,
+        )
+        await self._publisher.flush_and_wait(self)
+
+    def take_frame(self) -> ReplyFrame | None:
+        """The frame to send now, or None when nothing is buffered."""
+        if not self.text and self.final is None:
+            return None
+        self.seq += 1
+        frame = self.final or ReplyFrame(request_id=self.request_id, attempt=self.attempt, seq=0)
+        frame.seq, frame.text, frame.tokens = self.seq, "".join(self.text), self.tokens
+        self.sent_text = self.sent_text or bool(self.text)
+        self.text, self.tokens = [], 0
+        return frame
+
+
+class ReplyPublisher:
+    """One flusher task per worker; every job's frames leave through it."""
+
+    def __init__(self, redis: Redis, coalesce: float, worker_id: str) -> None:
+        self._redis = redis
+        self._coalesce = coalesce
+        self._worker_id = worker_id
+        self._dirty: dict[ReplyStream, None] = {}
+        self._waiters: dict[ReplyStream, asyncio.Future[None]] = {}
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self._task: asyncio.Task[None] | None = None
+        #: frames and tokens published since start (metrics read these)
+        self.frames_sent = 0
+        self.tokens_sent = 0
+
+    def stream(self, request_id: str, attempt: int) -> ReplyStream:
+        return ReplyStream(self, request_id, attempt)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reply-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def mark(self, stream: ReplyStream, urgent: bool) -> None:
+        self._dirty[stream] = None
+        self._urgent = self._urgent or urgent
+        self._wake.set()
+
+    async def flush_and_wait(self, stream: ReplyStream) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[stream] = waiter
+        self.mark(stream, urgent=True)
+        await waiter
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._urgent and self._coalesce > 0:
+                await asyncio.sleep(self._coalesce)
+            self._wake.clear()
+            self._urgent = False
+            await self._flush()
+
+    async def _flush(self) -> None:
+        dirty, self._dirty = list(self._dirty), {}
+        frames = [(s, f) for s in dirty if (f := s.take_frame()) is not None]
+        waiters = [(s, self._waiters.pop(s)) for s in dirty if s in self._waiters]
+        error: BaseException | None = None
+        try:
+            await self._send([frame for _, frame in frames])
+        except Exception as exc:
+            log.warning("publishing %d reply frames failed: %s", len(frames), exc)
+            error = exc
+        for _, waiter in waiters:
+            if not waiter.done():
+                _settle(waiter, error)
+
+    async def _send(self, frames: list[ReplyFrame]) -> None:
+        if not frames:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for frame in frames:
+            if frame.seq == 1 or frame.final:
+                frame.worker = self._worker_id
+            pipe.publish(keys.reply_channel(frame.request_id), frame.dumps())
+            self.tokens_sent += frame.tokens
+        await pipe.execute()
+        self.frames_sent += len(frames)
+
+
+def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)

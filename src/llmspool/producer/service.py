@@ -1,0 +1,37 @@
+"""The producer's state: one per API process, built in the app's lifespan."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis.asyncio import Redis
+
+from llmspool.producer.dispatch import Dispatcher
+from llmspool.producer.relay import ReplyRelay
+from llmspool.shared.config import Config
+from llmspool.shared.settings import Settings
+
+
+@dataclass
+class Producer:
+    """Everything a route needs: settings, models, Redis, the relay and the dispatcher."""
+
+    settings: Settings
+    config: Config
+    redis: Redis
+    relay: ReplyRelay
+    dispatcher: Dispatcher
+    id: str
+
+    @classmethod
+    def create(cls, settings: Settings, config: Config, redis: Redis) -> Producer:
+        producer_id = uuid.uuid4().hex[:12]
+        relay = ReplyRelay(redis, producer_id)
+        return cls(settings, config, redis, relay, Dispatcher(redis, relay, settings), producer_id)
+
+
+def get_producer(request: Request) -> Producer:
+    producer: Producer = request.app.state.producer
+    return producer

@@ -1,0 +1,1 @@
+"""What every llmspool process agrees on: keys, wire messages, protocol models, settings, errors."""

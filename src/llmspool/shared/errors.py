@@ -1,0 +1,128 @@
+"""The errors llmspool raises, each mapped to one OpenAI-style error body and HTTP status.
+
+::
+
+    LLMSpoolError                 500 server_error
+    ├── InvalidRequest            400 invalid_request_error
+    │   ├── UnsupportedParameter  400 invalid_request_error, param = the parameter
+    │   └── UnsupportedCapability 400 invalid_request_error (model cannot do this kind of request)
+    ├── ModelNotFound             404 invalid_request_error, code model_not_found
+    ├── QueueFull                 429 rate_limit_error, Retry-After
+    ├── ServiceUnavailable        503 service_unavailable (Redis away, model offline)
+    ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
+    ├── ConfigError               a models file or setting is wrong (raised at start, not served)
+    └── EngineError               500 engine_error (the backend failed the job)
+
+Errors a client retry cannot fix carry ``x-should-retry: false`` so the openai SDK does not
+retry them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class LLMSpoolError(Exception):
+    """Base of every llmspool error."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+    #: None: leave the decision to the client; False: tell it a retry cannot help.
+    should_retry: ClassVar[bool | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.should_retry is None:
+            return {}
+        return {"x-should-retry": "true" if self.should_retry else "false"}
+
+
+class InvalidRequest(LLMSpoolError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    should_retry = False
+
+
+class UnsupportedParameter(InvalidRequest):
+    default_code = "unsupported_parameter"
+
+
+class UnsupportedCapability(InvalidRequest):
+    default_code = "unsupported_capability"
+
+
+class ModelNotFound(LLMSpoolError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+    should_retry = False
+
+    def __init__(self, model: str):
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class QueueFull(LLMSpoolError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
+
+
+class ServiceUnavailable(LLMSpoolError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "service_unavailable"
+
+
+class DeadlineExceeded(LLMSpoolError):
+    status_code = 504
+    error_type = "timeout"
+    default_code = "deadline_exceeded"
+    should_retry = False
+
+
+class EngineError(LLMSpoolError):
+    status_code = 500
+    error_type = "server_error"
+    default_code = "engine_error"
+
+
+class ConfigError(LLMSpoolError):
+    """A models file or a setting is wrong; raised at start with the offending key named."""
+
+
+def _subclasses(cls: type[LLMSpoolError]) -> list[type[LLMSpoolError]]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+def from_wire(kind: str, message: str, code: str | None, param: str | None) -> LLMSpoolError:
+    """Rebuild an error that crossed Redis in a reply frame (``kind`` is its class name)."""
+    by_name = {cls.__name__: cls for cls in _subclasses(LLMSpoolError)}
+    cls = by_name.get(kind, EngineError)
+    if cls in (ModelNotFound, QueueFull):
+        cls = EngineError
+    error = cls(message, param=param, code=code)
+    return error

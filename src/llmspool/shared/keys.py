@@ -1,0 +1,61 @@
+"""Every Redis key and channel name llmspool uses: built here and nowhere else.
+
+Braces are literal: ``{<model>}`` is a Redis Cluster hash tag, so all of one model's keys share
+a slot. Inspect them with plain redis-cli, e.g.
+``redis-cli XINFO GROUPS 'llmspool:{gemma-3-270m}:requests'``.
+"""
+
+from __future__ import annotations
+
+PREFIX = "llmspool"
+
+#: The consumer group every model stream is read through.
+GROUP = "workers"
+
+#: Pub/sub channel carrying ids of requests whose client went away.
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+
+def requests_stream(model: str) -> str:
+    """Interactive jobs for ``model``."""
+    return f"{PREFIX}:{{{model}}}:requests"
+
+
+def batch_stream(model: str) -> str:
+    """Batch jobs for ``model``, served when interactive work leaves capacity."""
+    return f"{PREFIX}:{{{model}}}:batch"
+
+
+def dead_stream(model: str) -> str:
+    """Jobs that failed ``max_attempts`` times, with their last error."""
+    return f"{PREFIX}:{{{model}}}:dead"
+
+
+def model_streams(model: str) -> tuple[str, str]:
+    """The work streams of ``model``, highest priority first."""
+    return requests_stream(model), batch_stream(model)
+
+
+def reply_channel(request_id: str) -> str:
+    """Live reply frames of one request."""
+    return f"{PREFIX}:reply:{request_id}"
+
+
+def reply_log(request_id: str) -> str:
+    """The same frames kept for a short time, so a reply can be resumed."""
+    return f"{PREFIX}:replylog:{request_id}"
+
+
+def worker(worker_id: str) -> str:
+    """Registry entry of one live worker."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def worker_pattern() -> str:
+    """SCAN pattern matching every registry entry."""
+    return f"{PREFIX}:worker:*"
+
+
+def producer_channel(producer_id: str) -> str:
+    """A producer's own channel; its relay stays subscribed to it for its lifetime."""
+    return f"{PREFIX}:producer:{producer_id}"

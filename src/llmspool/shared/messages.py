@@ -1,0 +1,157 @@
+"""Wire messages: the jobs on the model streams and the reply frames on the reply channels.
+
+Both carry a schema version ``v``. A job is stored as a flat stream entry so that
+``redis-cli XRANGE`` shows it readably; a reply frame is one JSON document.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmspool.shared.errors import LLMSpoolError, from_wire
+from llmspool.shared.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    FinishReason,
+    Usage,
+)
+
+SCHEMA_VERSION = 1
+
+RequestBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+
+
+class JobKind(StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+
+
+_BODY_TYPES: dict[JobKind, type[RequestBody]] = {
+    JobKind.CHAT: ChatCompletionRequest,
+    JobKind.COMPLETION: CompletionRequest,
+    JobKind.EMBEDDING: EmbeddingRequest,
+}
+
+
+class UnknownSchema(ValueError):
+    """A job written by a version of llmspool this one does not understand."""
+
+
+class Job(BaseModel):
+    """One request, as it waits on a model stream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    v: int = SCHEMA_VERSION
+    request_id: str
+    kind: JobKind
+    model: str
+    body: RequestBody
+    enqueued_at: float = Field(default_factory=time.time)
+    deadline: float
+    #: Filled in by the worker from the delivery count (XPENDING); 1 on first delivery.
+    attempt: int = 1
+    batch_id: str | None = None
+    batch_line: int | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        """The flat stream entry written with XADD."""
+        fields = {
+            "v": str(self.v),
+            "request_id": self.request_id,
+            "kind": self.kind.value,
+            "model": self.model,
+            "enqueued_at": f"{self.enqueued_at:.6f}",
+            "deadline": f"{self.deadline:.6f}",
+            "body": self.body.model_dump_json(exclude_unset=True),
+        }
+        if self.batch_id is not None:
+            fields["batch_id"] = self.batch_id
+            fields["batch_line"] = str(self.batch_line)
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str], attempt: int = 1) -> Job:
+        """Parse a stream entry; raises :class:`UnknownSchema` for a newer schema."""
+        version = int(fields.get("v", "0"))
+        if version != SCHEMA_VERSION:
+            raise UnknownSchema(f"job schema v{version}, this worker reads v{SCHEMA_VERSION}")
+        kind = JobKind(fields["kind"])
+        line = fields.get("batch_line")
+        return cls(
+            request_id=fields["request_id"],
+            kind=kind,
+            model=fields["model"],
+            body=_BODY_TYPES[kind].model_validate_json(fields["body"]),
+            enqueued_at=float(fields["enqueued_at"]),
+            deadline=float(fields["deadline"]),
+            attempt=attempt,
+            batch_id=fields.get("batch_id"),
+            batch_line=int(line) if line is not None else None,
+        )
+
+    def expired(self, now: float | None = None) -> bool:
+        return (now if now is not None else time.time()) > self.deadline
+
+
+class WireError(BaseModel):
+    """An error carried by a reply frame; rebuilt by the producer into an LLMSpoolError."""
+
+    kind: str = "EngineError"
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+    @classmethod
+    def of(cls, exc: LLMSpoolError) -> WireError:
+        return cls(kind=type(exc).__name__, message=exc.message, code=exc.code, param=exc.param)
+
+    def to_exception(self) -> LLMSpoolError:
+        return from_wire(self.kind, self.message, self.code, self.param)
+
+
+class ReplyFrame(BaseModel):
+    """One frame of a reply: a text delta (possibly several tokens), and at the end the finish
+    reason and usage, or an error. ``seq`` counts frames of one attempt from 1."""
+
+    v: int = SCHEMA_VERSION
+    request_id: str
+    attempt: int = 1
+    seq: int
+    text: str = ""
+    tokens: int = 0
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    embeddings: list[list[float]] | None = None
+    error: WireError | None = None
+    worker: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return (
+            self.finish_reason is not None
+            or self.error is not None
+            or (self.embeddings is not None)
+        )
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> ReplyFrame:
+        return cls.model_validate_json(data)
+
+
+def decode_fields(raw: dict[Any, Any]) -> dict[str, str]:
+    """Stream entry fields as str, whether the client decoded responses or not."""
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

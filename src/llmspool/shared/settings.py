@@ -1,0 +1,79 @@
+"""Process settings, read from the environment with the prefix ``LLMSPOOL_``.
+
+One :class:`Settings` object per process; a bad value fails loudly at start. The table in
+docs/configuration.md is generated from this class (``llmspool settings --markdown``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings shared by the API, the workers and the command line."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMSPOOL_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to use. Unset: `llmspool serve` starts its own redis-server "
+        "(append-only) on 127.0.0.1:6379; other commands connect there.",
+    )
+    embedded_redis_port: int = Field(
+        default=6379,
+        ge=1,
+        le=65535,
+        description="Port of the redis-server that `llmspool serve` starts when no URL is set.",
+    )
+    config: Path | None = Field(
+        default=None,
+        description="Models file (TOML). Unset: ./llmspool.toml if present, "
+        "else the embedded default (gemma-3-270m on llama.cpp).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the API binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the API listens on.")
+    request_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Default deadline of a request, in seconds, from "
+        "enqueue to its last token; a model's `timeout` overrides it.",
+    )
+    queue_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="Jobs waiting per model before the API answers 429; "
+        "a model's `queue_limit` overrides it.",
+    )
+    data_dir: Path = Field(
+        default=Path.home() / ".local" / "share" / "llmspool",
+        description="Where `llmspool serve` keeps the embedded Redis' append-only file.",
+    )
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "llmspool",
+        description="Where packaged model files are assembled, once.",
+    )
+    coalesce_ms: float = Field(
+        default=3.0,
+        ge=0,
+        description="Tokens of one request arriving within this window "
+        "leave in one reply frame (the first token never waits).",
+    )
+    block_ms: int = Field(
+        default=1000, ge=1, description="How long a worker's XREADGROUP blocks for new jobs."
+    )
+    drain_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long a worker may finish running jobs "
+        "(an API its open streams) before handing back the rest.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of every process."
+    )
+
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"

@@ -1,0 +1,175 @@
+"""Starting real things for tests: redis-server, the API and workers as processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--loglevel",
+            "warning",
+            *self.extra,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        client = self.client()
+        wait_until(lambda: _pings(client), 10, what="redis-server")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+    def cli(self, *args: str) -> str:
+        """Run redis-cli against this server, as an operator would."""
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, check=True
+        )
+        return out.stdout
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@dataclass
+class Stack:
+    """The real API and worker processes on one models file."""
+
+    redis: RedisServer
+    config: Path
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSPOOL_")}
+        env.update(
+            LLMSPOOL_REDIS_URL=self.redis.url,
+            LLMSPOOL_CONFIG=str(self.config),
+            LLMSPOOL_PORT=str(self.port),
+            LLMSPOOL_DRAIN_TIMEOUT="5",
+            **self.extra_env,
+        )
+        return env
+
+    def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        out = open(self.workdir / log, "ab")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmspool", *args],
+            env=self.env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        self.processes.append(process)
+        return process
+
+    def start_api(self) -> subprocess.Popen[bytes]:
+        process = self.spawn("api", log="api.log")
+        wait_until(self._healthy, 30, what=f"API on {self.base_url} (see {self.workdir}/api.log)")
+        return process
+
+    def start_worker(self, model: str, wait: bool = True) -> subprocess.Popen[bytes]:
+        before = self.consumers(model)
+        process = self.spawn(
+            "worker", "--model", model, log=f"worker-{model.replace('/', '_')}.log"
+        )
+        if wait:
+            wait_until(
+                lambda: self.consumers(model) > before or process.poll() is not None,
+                60,
+                what=f"worker of {model}",
+            )
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log(f'worker-{model}.log')}")
+        return process
+
+    def consumers(self, model: str) -> int:
+        """Live workers of ``model`` in the registry."""
+        client = self.redis.client()
+        keys = client.keys("llmspool:worker:*")
+        return sum(1 for key in keys if client.hget(key, "model") == model)
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self, name: str) -> str:
+        path = self.workdir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
