@@ -80,6 +80,19 @@ def prepare() -> None:
 
 
 @app.command()
+def settings(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the docs table.")] = False,
+) -> None:
+    """Show the process settings (environment variables LLMSPOOL_*) and their values."""
+    from llmspool.control.settings_doc import settings_markdown, settings_table
+
+    if markdown:
+        typer.echo(settings_markdown())
+    else:
+        Console().print(settings_table(Settings()))
+
+
+@app.command()
 def version() -> None:
     """Print llmspool's version."""
     typer.echo(__version__)
