@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_HTTPLIB=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install redis serve test lint typecheck pytest bench clean
+.PHONY: install redis browser serve test lint typecheck pytest bench clean
 
 install: redis $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 redis:
 	@bash scripts/ensure-redis.sh
 
+# The console's browser tests drive Debian's chromium; without one they skip and say why.
+browser:
+	@bash scripts/ensure-chromium.sh
+
 serve: install
 	$(BIN)/llmspool serve
 
@@ -38,7 +42,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict src
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

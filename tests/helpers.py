@@ -173,3 +173,23 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+
+
+# ------------------------------------------------------------------ a real browser
+
+#: Flags for a headless Chromium that never reaches the network by itself.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_executable() -> str | None:
+    """Debian's chromium (installed by scripts/ensure-chromium.sh), or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")

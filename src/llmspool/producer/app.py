@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from llmspool import __version__
 from llmspool.consumers.worker import ensure_groups
-from llmspool.producer import errors
+from llmspool.producer import console, errors
 from llmspool.producer.routes import router
 from llmspool.producer.service import Producer
 from llmspool.shared.config import Config, load_config
@@ -31,10 +31,12 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
         producer = Producer.create(settings, config, redis)
         await _prepare_streams(producer)
         await producer.relay.start()
+        await producer.timeline.start()
         app.state.producer = producer
         try:
             yield
         finally:
+            await producer.timeline.stop()
             await producer.relay.stop()
             await redis.aclose()
 
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
         lifespan=lifespan,
     )
     app.include_router(router)
+    console.install(app)
     errors.install(app)
     return app
 

@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from llmspool.producer.relay import ReplyRelay
+from llmspool.producer.timeline import Timeline
 from llmspool.shared import keys
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import DeadlineExceeded, EngineError, ServiceUnavailable
@@ -33,10 +34,17 @@ DEADLINE_GRACE = 2.0
 class Dispatcher:
     """Puts jobs on model streams and hands back their replies."""
 
-    def __init__(self, redis: Redis, relay: ReplyRelay, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        relay: ReplyRelay,
+        settings: Settings,
+        timeline: Timeline | None = None,
+    ) -> None:
         self.redis = redis
         self.relay = relay
         self.settings = settings
+        self.timeline = timeline
 
     def deadline(self, model: ModelConfig, timeout: float | None = None) -> float:
         return time.time() + (timeout or model.timeout or self.settings.request_timeout)
@@ -74,6 +82,7 @@ class Reply:
         self.finished = False
         self.sent_text = False
         self.worker: str | None = None
+        self._frames_seen = 0
 
     async def frames(self) -> AsyncIterator[ReplyFrame]:
         """Frames of the serving attempt; a retry after text was sent ends in an error."""
@@ -128,7 +137,11 @@ class Reply:
             raise DeadlineExceeded(
                 f"No worker of model '{self.job.model}' served the request before its deadline."
             ) from None
-        return ReplyFrame.loads(data)
+        frame = ReplyFrame.loads(data)
+        self._frames_seen += 1
+        if self._dispatcher.timeline is not None:
+            self._dispatcher.timeline.observe(self.job, frame, first=self._frames_seen == 1)
+        return frame
 
     async def close(self) -> None:
         """Stop following the reply; cancel the job if it did not finish."""

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from llmspool.producer.dispatch import Dispatcher
 from llmspool.producer.relay import ReplyRelay
+from llmspool.producer.timeline import Timeline
 from llmspool.shared.config import Config
 from llmspool.shared.settings import Settings
 
@@ -24,12 +25,15 @@ class Producer:
     relay: ReplyRelay
     dispatcher: Dispatcher
     id: str
+    timeline: Timeline
 
     @classmethod
     def create(cls, settings: Settings, config: Config, redis: Redis) -> Producer:
         producer_id = uuid.uuid4().hex[:12]
         relay = ReplyRelay(redis, producer_id)
-        return cls(settings, config, redis, relay, Dispatcher(redis, relay, settings), producer_id)
+        timeline = Timeline(redis)
+        dispatcher = Dispatcher(redis, relay, settings, timeline)
+        return cls(settings, config, redis, relay, dispatcher, producer_id, timeline)
 
 
 def get_producer(request: Request) -> Producer:

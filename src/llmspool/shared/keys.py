@@ -36,6 +36,11 @@ def model_streams(model: str) -> tuple[str, str]:
     return requests_stream(model), batch_stream(model)
 
 
+def timeline(model: str) -> str:
+    """Per-second TTFT and throughput tallies of ``model``, written by every API process."""
+    return f"{PREFIX}:{{{model}}}:timeline"
+
+
 def reply_channel(request_id: str) -> str:
     """Live reply frames of one request."""
     return f"{PREFIX}:reply:{request_id}"

@@ -1,0 +1,150 @@
+"""The operator console in a real browser: Debian's chromium driven by Playwright.
+
+Skipped, with the reason, only where no chromium can be installed (``make test`` runs
+scripts/ensure-chromium.sh first). Set CONSOLE_SCREENSHOT=docs/console.png to refresh the
+screenshot the README shows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import StackFactory
+from tests.helpers import CHROMIUM_ARGS, Stack, chromium_executable
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CONSOLE_CONFIG = """
+[[models]]
+name = "fake"
+backend = "fake"
+max_concurrency = 2
+[models.options]
+ttft_ms = 30
+itl_ms = 25
+
+[[models]]
+name = "fake-idle"
+backend = "fake"
+min_workers = 0
+"""
+
+BURST = 24
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip("chromium is not installed and could not be (scripts/ensure-chromium.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile,
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 960},
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def console_stack(stack_factory: StackFactory) -> Stack:
+    stack = stack_factory(CONSOLE_CONFIG)
+    stack.start_api()
+    stack.start_worker("fake")
+    return stack
+
+
+class Page:
+    """A console page, recording every console error, warning and uncaught exception."""
+
+    def __init__(self, browser: Any, stack: Stack) -> None:
+        self.problems: list[str] = []
+        self.page = browser.new_page()
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda exc: self.problems.append(f"pageerror: {exc}"))
+        self.page.goto(f"{stack.base_url}/console?interval=250")
+        self.wait_ticks(2)
+
+    def _console(self, message: Any) -> None:
+        if message.type in ("error", "warning"):
+            self.problems.append(f"{message.type}: {message.text}")
+
+    def wait_ticks(self, count: int) -> None:
+        """Wait for ``count`` more successful polls."""
+        now = int(self.page.evaluate("Number(document.body.dataset.ticks || 0)"))
+        self.page.wait_for_function(
+            f"Number(document.body.dataset.ticks || 0) >= {now + count}", timeout=20_000
+        )
+
+    def field(self, model: str, name: str) -> str:
+        return str(self.page.text_content(f'[data-model="{model}"] [data-field="{name}"]'))
+
+    def wait_field(self, model: str, name: str, condition: str) -> None:
+        """Wait until the number shown in ``name`` satisfies ``condition`` (JS, on ``v``)."""
+        selector = f'[data-model="{model}"] [data-field="{name}"]'
+        self.page.wait_for_function(
+            f"(() => {{ const e = document.querySelector('{selector}');"
+            f" const v = e ? Number(e.textContent) : NaN; return {condition}; }})()",
+            timeout=30_000,
+        )
+
+
+def _chat(base_url: str) -> int:
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+    return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60).status_code
+
+
+def test_console_shows_a_burst_grow_and_drain(
+    browser: Any, console_stack: Stack, tmp_path: Path
+) -> None:
+    page = Page(browser, console_stack)
+    assert page.page.title() == "llmspool console"
+    assert page.field("fake", "backlog") == "0"
+    assert "no live workers" in str(page.page.text_content('[data-model="fake-idle"]'))
+
+    with ThreadPoolExecutor(BURST) as pool:
+        replies = [pool.submit(_chat, console_stack.base_url) for _ in range(BURST)]
+        page.wait_field("fake", "lag", "v >= 4")  # the queue grows: jobs wait for a slot
+        page.wait_ticks(2)
+        shot = os.environ.get("CONSOLE_SCREENSHOT") or str(tmp_path / "console.png")
+        page.page.screenshot(path=shot, full_page=True)
+        statuses = [r.result() for r in replies]
+    assert statuses == [200] * BURST
+
+    page.wait_field("fake", "backlog", "v === 0")  # ... and drains
+    page.wait_field("fake", "pending", "v === 0")
+    # The timeline has this burst's TTFT and throughput.
+    page.page.wait_for_function(
+        'document.querySelector(\'[data-model="fake"] [data-chart^="TTFT"] .now\')'
+        ".textContent.indexOf('\\u2013') < 0",  # a number, not the en dash of "no data"
+        timeout=20_000,
+    )
+    assert page.page.locator('[data-model="fake"] [data-worker]').count() == 1
+    assert page.problems == []
+
+
+def test_sections_without_their_routes_say_not_available(
+    browser: Any, console_stack: Stack
+) -> None:
+    page = Page(browser, console_stack)
+    state = httpx.get(f"{console_stack.base_url}/admin/console/state", timeout=10).json()
+    if not state["features"]["batches"]:
+        assert "not available" in str(page.page.text_content("#batches"))
+    if not state["features"]["requests"]:
+        assert "not available" in str(page.page.text_content("#requests"))
+    assert (
+        page.page.is_hidden('[data-model="fake"] [data-role="scale"]') != state["features"]["scale"]
+    )
+    assert page.problems == []
