@@ -9,6 +9,7 @@ action or a section only where the route behind it exists, and "not available" o
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,16 +33,18 @@ STATIC = Path(__file__).parent / "static"
 #: Dead entries shown per model (the newest).
 DEAD_SHOWN = 5
 
-#: Optional routes the page can use, by feature name: (method, path).
+#: Optional routes the page can use, by feature name: (method, path; parameter names do not
+#: matter, ``{}`` stands for any).
 FEATURES: dict[str, tuple[str, str]] = {
     "batches": ("GET", "/v1/batches"),
-    "cancel_batch": ("POST", "/v1/batches/{batch_id}/cancel"),
+    "cancel_batch": ("POST", "/v1/batches/{}/cancel"),
     "requests": ("GET", "/admin/requests"),
     "feedback": ("POST", "/v1/feedback"),
-    "scale": ("POST", "/admin/models/{model}/scale"),
-    "drain": ("POST", "/admin/workers/{worker_id}/drain"),
-    "requeue": ("POST", "/admin/models/{model}/dead/{entry_id}/requeue"),
+    "scale": ("POST", "/admin/models/{}/scale"),
+    "drain": ("POST", "/admin/workers/{}/drain"),
+    "requeue": ("POST", "/admin/models/{}/dead/{}/requeue"),
 }
+_PARAMETER = re.compile(r"\{[^}]*\}")
 
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
@@ -120,11 +123,12 @@ async def console_state(request: Request, producer: ProducerDep) -> ConsoleState
 
 
 def features(app: FastAPI) -> dict[str, bool]:
-    """Which optional routes this app serves."""
+    """Which optional routes this app serves, read from its OpenAPI schema (built once)."""
+    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})
     served = {
-        (method, getattr(route, "path", ""))
-        for route in app.routes
-        for method in getattr(route, "methods", None) or ()
+        (method.upper(), _PARAMETER.sub("{}", path))
+        for path, operations in paths.items()
+        for method in operations
     }
     return {name: route in served for name, route in FEATURES.items()}
 
