@@ -50,7 +50,8 @@ async def test_timeline_sums_processes_into_buckets(clean_redis: RedisServer) ->
         await first.flush()  # nothing new: writes nothing
         assert await redis.xlen(keys.timeline("m")) == 2
 
-        series = await read_series(redis, "m", window=30, step=3)
+        assert (await read_series(redis, "m", window=30, step=3)).ttft_ms[-1] is None  # open
+        series = await read_series(redis, "m", window=30, step=3, now=time.time() + 3)
         assert len(series.ttft_ms) == 10 and series.start <= time.time()
         bucket = next(i for i, v in enumerate(series.ttft_ms) if v is not None)
         assert 200 <= (series.ttft_ms[bucket] or 0) < 1000  # mean of ~0.2 s and ~0.4 s

@@ -102,7 +102,7 @@ class Timeline:
 
 
 class Series(BaseModel):
-    """Buckets of ``step`` seconds ending now: mean TTFT and rates per second."""
+    """Buckets of ``step`` seconds up to the last complete one: mean TTFT and rates per second."""
 
     start: float
     step: float
@@ -115,10 +115,12 @@ class Series(BaseModel):
 async def read_series(
     redis: Redis, model: str, window: float = 180.0, step: float = 3.0, now: float | None = None
 ) -> Series:
-    """The timeline of ``model`` over the last ``window`` seconds, in buckets of ``step``."""
+    """The timeline of ``model`` over the last ``window`` seconds, in buckets of ``step``.
+
+    The bucket in progress is left out: its rates would read low until it closes."""
     now = time.time() if now is None else now
     count = math.ceil(window / step)
-    end = math.floor(now / step) * step + step
+    end = math.floor(now / step) * step
     start = end - count * step
     entries = await redis.xrange(keys.timeline(model), min=str(int(start * 1000)), max="+")
     buckets = [Tally() for _ in range(count)]

@@ -88,15 +88,16 @@
 
   // ------------------------------------------------------------------ charts
   // A line chart of `series` (arrays of numbers or null, same length), scaled to their max.
-  function chart(series, colors, fixedMax) {
+  function chart(series, colors) {
     const W = 300, H = 64, pad = 3;
     const all = series.flat().filter((v) => v !== null && v !== undefined);
-    const max = Math.max(fixedMax || 0, ...all, 1e-9);
+    const max = all.length ? Math.max(...all, 1e-9) : null;
     const el = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
     for (let y = 1; y < 4; y++) {
       el.append(svg("line", { x1: 0, x2: W, y1: (H * y) / 4, y2: (H * y) / 4, stroke: "#21262d", "stroke-width": 1 }));
     }
     series.forEach((values, i) => {
+      if (max === null) return;
       const step = values.length > 1 ? W / (values.length - 1) : W;
       let run = [];
       const flush = () => {
@@ -120,12 +121,12 @@
     });
     return { el, max };
   }
-  function chartBox(title, now, series, colors, fmt, fixedMax) {
-    const { el, max } = chart(series, colors, fixedMax);
+  function chartBox(title, now, series, colors, fmt, span) {
+    const { el, max } = chart(series, colors);
     return h("div", { class: "chart", dataset: { chart: title } },
       h("div", { class: "title" }, h("span", {}, title), h("span", { class: "now" }, now)),
       el,
-      h("div", { class: "title" }, h("span", {}, ""), h("span", {}, `peak ${fmt(max)}`)));
+      h("div", { class: "title" }, h("span", {}, `last ${ago(span)}`), h("span", {}, max === null ? "no data" : `peak ${fmt(max)}`)));
   }
 
   // ------------------------------------------------------------------ models
@@ -171,6 +172,8 @@
     c.pool.textContent = `${model.workers.length} live / ${desired} desired · min ${model.min_workers} max ${model.max_workers}${mode}`;
     c.scale.hidden = !page.features.scale;
     const s = model.series;
+    const span = s.step * s.ttft_ms.length;
+    const seen = hist.length ? now - hist[0].t : 0;
     const last = (arr) => { for (let i = arr.length - 1; i >= 0; i--) if (arr[i] !== null) return arr[i]; return null; };
     const capacity = model.workers.reduce((a, w) => a + w.capacity, 0);
     const inFlight = model.workers.reduce((a, w) => a + w.in_flight, 0);
@@ -185,10 +188,10 @@
         stat("slots busy", `${inFlight} / ${capacity}`, "slots")),
       h("div", { class: "charts" },
         chartBox("backlog (waiting, in flight)", `${model.backlog}`,
-          [hist.map((p) => p.waiting + p.flight), hist.map((p) => p.flight)], ["#d29922", "#58a6ff"], (v) => num(v)),
-        chartBox("TTFT ms, queue incl.", `${num(last(s.ttft_ms), 1)} ms`, [s.ttft_ms], ["#bc8cff"], (v) => `${num(v, 1)} ms`),
-        chartBox("tokens / s", num(s.tokens_per_s[s.tokens_per_s.length - 1], 1), [s.tokens_per_s], ["#3fb950"], (v) => num(v, 1)),
-        chartBox("requests / s", num(s.requests_per_s[s.requests_per_s.length - 1], 1), [s.requests_per_s], ["#58a6ff"], (v) => num(v, 1))),
+          [hist.map((p) => p.waiting + p.flight), hist.map((p) => p.flight)], ["#d29922", "#58a6ff"], (v) => num(v), seen),
+        chartBox("TTFT ms, queue incl.", `${num(last(s.ttft_ms), 1)} ms`, [s.ttft_ms], ["#bc8cff"], (v) => `${num(v, 1)} ms`, span),
+        chartBox("tokens / s", num(s.tokens_per_s[s.tokens_per_s.length - 1], 1), [s.tokens_per_s], ["#3fb950"], (v) => num(v, 1), span),
+        chartBox("requests / s", num(s.requests_per_s[s.requests_per_s.length - 1], 1), [s.requests_per_s], ["#58a6ff"], (v) => num(v, 1), span)),
       workersTable(model, now),
       deadTable(model) || "");
   }
