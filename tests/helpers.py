@@ -193,3 +193,27 @@ CHROMIUM_ARGS = [
 def chromium_executable() -> str | None:
     """Debian's chromium (installed by scripts/ensure-chromium.sh), or None."""
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Samples(dict[tuple[str, frozenset[tuple[str, str]]], float]):
+    """Prometheus samples by (name, labels); look one up with ``samples[name, {labels}]``."""
+
+    def __getitem__(self, key: tuple[str, dict[str, str]]) -> float:  # type: ignore[override]
+        name, labels = key
+        return super().__getitem__((name, frozenset(labels.items())))
+
+    def get(self, key: tuple[str, dict[str, str]], default: float | None = None) -> float | None:  # type: ignore[override]
+        name, labels = key
+        return super().get((name, frozenset(labels.items())), default)
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url, timeout=10).text
+    samples = Samples()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            dict.__setitem__(samples, (sample.name, frozenset(sample.labels.items())), sample.value)
+    return samples

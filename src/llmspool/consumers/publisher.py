@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from redis.asyncio import Redis
 
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 class ReplyStream:
     """The reply of one job attempt, buffered until the publisher flushes it."""
 
-    def __init__(self, publisher: ReplyPublisher, request_id: str, attempt: int) -> None:
+    def __init__(
+        self, publisher: ReplyPublisher, request_id: str, attempt: int, started_at: float
+    ) -> None:
         self._publisher = publisher
         self.request_id = request_id
         self.attempt = attempt
+        self.started_at = started_at
+        self.first_text_at: float | None = None
         self.seq = 0
         self.text: list[str] = []
         self.tokens = 0
@@ -36,6 +41,8 @@ class ReplyStream:
 
     def write(self, text: str, tokens: int) -> None:
         """Queue text; the first text of a reply is flushed at once."""
+        if self.first_text_at is None:
+            self.first_text_at = time.time()
         self.text.append(text)
         self.tokens += tokens
         self._publisher.mark(self, urgent=not self.sent_text)
@@ -66,6 +73,8 @@ class ReplyStream:
         self.seq += 1
         frame = self.final or ReplyFrame(request_id=self.request_id, attempt=self.attempt, seq=0)
         frame.seq, frame.text, frame.tokens = self.seq, "".join(self.text), self.tokens
+        if frame.seq == 1 or frame.final:
+            frame.started_at = self.started_at
         self.sent_text = self.sent_text or bool(self.text)
         self.text, self.tokens = [], 0
         return frame
@@ -87,8 +96,8 @@ class ReplyPublisher:
         self.frames_sent = 0
         self.tokens_sent = 0
 
-    def stream(self, request_id: str, attempt: int) -> ReplyStream:
-        return ReplyStream(self, request_id, attempt)
+    def stream(self, request_id: str, attempt: int, started_at: float | None = None) -> ReplyStream:
+        return ReplyStream(self, request_id, attempt, started_at or time.time())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reply-publisher")

@@ -30,7 +30,9 @@ from llmspool.consumers.publisher import ReplyPublisher, ReplyStream
 from llmspool.shared import keys, registry
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import DeadlineExceeded, EngineError, LLMSpoolError
+from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, UnknownSchema, WireError, decode_fields
+from llmspool.shared.metrics import MetricsServer, WorkerMetrics
 from llmspool.shared.protocol import EmbeddingRequest, Usage
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.settings import Settings
@@ -63,6 +65,14 @@ class Worker:
         self._exiting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.jobs_done = 0
+        self.metrics = WorkerMetrics(
+            model.name,
+            frames=lambda: self.publisher.frames_sent,
+            tokens=lambda: self.publisher.tokens_sent,
+            running=lambda: len(self.running),
+            capacity=self.capacity,
+        )
+        self._metrics_server: MetricsServer | None = None
         self.info = registry.WorkerInfo(
             id=self.id,
             model=model.name,
@@ -90,6 +100,7 @@ class Worker:
     async def startup(self) -> None:
         await self.backend.start()
         await ensure_groups(self.redis, self.model.name)
+        self._start_metrics_server()
         self.publisher.start()
         self._tasks.append(asyncio.create_task(self._listen_cancels(), name="cancels"))
         await registry.beat(self.redis, self.info)
@@ -121,6 +132,18 @@ class Worker:
         with contextlib.suppress(*UNAVAILABLE):
             await registry.deregister(self.redis, self.id)
         await self.backend.stop()
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)
+
+    def _start_metrics_server(self) -> None:
+        port = self.settings.worker_metrics_port
+        if port is None:
+            return
+        self._metrics_server = MetricsServer.start(self.metrics.registry, self.settings.host, port)
+        self.info.metrics_port = self._metrics_server.port
+        log.info(
+            "worker metrics on http://%s:%d/metrics", self.settings.host, self.info.metrics_port
+        )
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -190,8 +213,22 @@ class Worker:
     async def _run(self, job: Job) -> bool:
         """Run ``job``; True when it is settled and may be acknowledged."""
         if job.request_id in self._cancelled:
+            self.metrics.settled("cancelled")
             return True
-        reply = self.publisher.stream(job.request_id, job.attempt)
+        request_id.set(job.request_id)
+        reply = self.publisher.stream(job.request_id, job.attempt, time.time())
+        try:
+            await self._attempt(job, reply)
+        except asyncio.CancelledError:
+            if self._exiting.is_set() and job.request_id not in self._cancelled:
+                raise  # shutting down: hand the job back unacknowledged
+            self.metrics.settled("cancelled")
+            return True
+        self._observe(reply)
+        return True
+
+    async def _attempt(self, job: Job, reply: ReplyStream) -> None:
+        """Run one attempt of ``job``; every failure ends as an error frame."""
         try:
             if job.expired():
                 raise _deadline_error("its deadline passed while it was queued")
@@ -203,14 +240,24 @@ class Worker:
             )
         except LLMSpoolError as exc:
             await reply.finish(error=WireError.of(exc))
-        except asyncio.CancelledError:
-            if self._exiting.is_set() and job.request_id not in self._cancelled:
-                raise  # shutting down: hand the job back unacknowledged
-            return True
         except Exception as exc:
             log.exception("job %s failed", job.request_id)
             await reply.finish(error=WireError.of(EngineError(f"engine error: {exc}")))
-        return True
+
+    def _observe(self, reply: ReplyStream) -> None:
+        """Engine-side metrics of a settled attempt."""
+        final = reply.final
+        if final is None:
+            return
+        if final.error is not None:
+            outcome = final.error.code or final.error.kind
+        else:
+            outcome = final.finish_reason or "stop"
+        self.metrics.settled(outcome)
+        log.debug("job settled: %s", outcome, extra={"outcome": outcome})
+        self.metrics.job_time.observe(time.time() - reply.started_at)
+        if reply.first_text_at is not None:
+            self.metrics.first_token.observe(reply.first_text_at - reply.started_at)
 
     async def _execute(self, job: Job, reply: ReplyStream) -> None:
         if job.kind is JobKind.EMBEDDING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import typer
@@ -25,7 +26,7 @@ err = Console(stderr=True)
 def _load(process: str) -> tuple[Settings, Config]:
     try:
         settings = Settings()
-        configure(settings.log_level, process)
+        configure(settings.log_level, process, settings.log_format)
         return settings, load_config(settings.config)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
@@ -90,6 +91,35 @@ def settings(
         typer.echo(settings_markdown())
     else:
         Console().print(settings_table(Settings()))
+
+
+@app.command("log")
+def log_(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Newest records to show.")] = 20,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
+    outcome: Annotated[
+        str | None, typer.Option("--outcome", help="Only this outcome (stop, length, an error).")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object a line.")] = False,
+) -> None:
+    """Show the request log (newest last), with feedback; --follow tails it."""
+    import asyncio
+
+    from llmspool.control.logview import show
+
+    settings = Settings()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            show(
+                settings,
+                limit=limit,
+                model=model,
+                outcome=outcome,
+                follow=follow,
+                as_json=as_json,
+            )
+        )
 
 
 @app.command()

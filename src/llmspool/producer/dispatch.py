@@ -16,11 +16,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from llmspool.producer.observe import RequestTrace
 from llmspool.producer.relay import ReplyRelay
 from llmspool.producer.timeline import Timeline
 from llmspool.shared import keys
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import DeadlineExceeded, EngineError, ServiceUnavailable
+from llmspool.shared.errors import DeadlineExceeded, EngineError, LLMSpoolError, ServiceUnavailable
 from llmspool.shared.messages import Job, ReplyFrame
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.settings import Settings
@@ -49,7 +50,8 @@ class Dispatcher:
     def deadline(self, model: ModelConfig, timeout: float | None = None) -> float:
         return time.time() + (timeout or model.timeout or self.settings.request_timeout)
 
-    async def submit(self, job: Job) -> Reply:
+    async def submit(self, job: Job, trace: RequestTrace) -> Reply:
+        """Enqueue ``job`` and follow its reply; ``trace`` watches it until the reply closes."""
         channel = keys.reply_channel(job.request_id)
         queue = await self.relay.subscribe(channel)
         try:
@@ -61,7 +63,7 @@ class Dispatcher:
         except BaseException:
             await self.relay.unsubscribe(channel)
             raise
-        return Reply(self, job, queue)
+        return Reply(self, job, queue, trace)
 
     async def cancel(self, request_id: str) -> None:
         """Tell the workers the client went away."""
@@ -74,10 +76,17 @@ class Dispatcher:
 class Reply:
     """The frames of one request, in order, from the attempt that serves it."""
 
-    def __init__(self, dispatcher: Dispatcher, job: Job, queue: asyncio.Queue[bytes]) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        job: Job,
+        queue: asyncio.Queue[bytes],
+        trace: RequestTrace,
+    ) -> None:
         self._dispatcher = dispatcher
         self.job = job
         self._queue = queue
+        self.trace = trace
         self.attempt = 0
         self.finished = False
         self.sent_text = False
@@ -95,16 +104,23 @@ class Reply:
             self.worker = frame.worker or self.worker
             self.finished = frame.final
             self.sent_text = self.sent_text or bool(frame.text)
+            self.trace.frame(frame)
             yield frame
 
     def _switch_attempt(self, attempt: int) -> None:
         if self.sent_text:
-            raise EngineError(
-                "the worker serving this stream failed after sending tokens; the request was "
-                "retried, but its new text cannot be spliced into this stream",
-                code="stream_interrupted",
+            raise self._failed(
+                EngineError(
+                    "the worker serving this stream failed after sending tokens; the request was "
+                    "retried, but its new text cannot be spliced into this stream",
+                    code="stream_interrupted",
+                )
             )
         self.attempt = attempt
+
+    def _failed(self, exc: LLMSpoolError) -> LLMSpoolError:
+        self.trace.fail(exc)
+        return exc
 
     async def collect(self) -> tuple[str, ReplyFrame]:
         """The whole text and the final frame; a retried attempt starts the text again."""
@@ -116,7 +132,7 @@ class Reply:
             parts.append(frame.text)
             if frame.final:
                 return "".join(parts), frame
-        raise EngineError("the reply ended without a final frame")
+        raise self._failed(EngineError("the reply ended without a final frame"))
 
     async def frames_restartable(self) -> AsyncIterator[ReplyFrame]:
         """Like :meth:`frames`, but a new attempt simply starts over (nothing was sent yet)."""
@@ -127,6 +143,7 @@ class Reply:
             self.attempt = frame.attempt
             self.worker = frame.worker or self.worker
             self.finished = frame.final
+            self.trace.frame(frame)
             yield frame
 
     async def _next(self) -> ReplyFrame:
@@ -134,8 +151,10 @@ class Reply:
         try:
             data = await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0.001))
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"No worker of model '{self.job.model}' served the request before its deadline."
+            raise self._failed(
+                DeadlineExceeded(
+                    f"No worker of model '{self.job.model}' served the request before its deadline."
+                )
             ) from None
         frame = ReplyFrame.loads(data)
         self._frames_seen += 1
@@ -144,7 +163,8 @@ class Reply:
         return frame
 
     async def close(self) -> None:
-        """Stop following the reply; cancel the job if it did not finish."""
+        """Settle the trace; stop following the reply; cancel the job if it did not finish."""
+        self.trace.finish()
         await self._dispatcher.relay.unsubscribe(keys.reply_channel(self.job.request_id))
         if not self.finished:
             await self._dispatcher.cancel(self.job.request_id)

@@ -17,7 +17,8 @@ from llmspool.producer import responses
 from llmspool.producer.dispatch import Reply
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared.config import Capability, ModelConfig
-from llmspool.shared.errors import UnsupportedCapability, UnsupportedParameter
+from llmspool.shared.errors import LLMSpoolError, UnsupportedCapability, UnsupportedParameter
+from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
 from llmspool.shared.protocol import (
     ChatCompletionRequest,
@@ -115,7 +116,6 @@ async def _submit(
     prefix: str,
 ) -> Reply:
     model = producer.config.model(body.model)
-    _check(body, model, kind)
     job = Job(
         request_id=f"{prefix}-{uuid.uuid4().hex}",
         kind=kind,
@@ -124,7 +124,16 @@ async def _submit(
         enqueued_at=time.time(),
         deadline=producer.dispatcher.deadline(model),
     )
-    return await producer.dispatcher.submit(job)
+    request_id.set(job.request_id)
+    trace = producer.observer.trace(job, model.backend)
+    try:
+        _check(body, model, kind)
+        return await producer.dispatcher.submit(job, trace)
+    except BaseException as exc:  # refused before a worker saw it: still one log record
+        if isinstance(exc, LLMSpoolError):
+            trace.fail(exc)
+        trace.finish()
+        raise
 
 
 def _check(body: Any, model: ModelConfig, kind: JobKind) -> None:

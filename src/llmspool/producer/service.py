@@ -9,9 +9,12 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from llmspool.producer.dispatch import Dispatcher
+from llmspool.producer.observe import Observer
 from llmspool.producer.relay import ReplyRelay
 from llmspool.producer.timeline import Timeline
 from llmspool.shared.config import Config
+from llmspool.shared.metrics import ApiMetrics
+from llmspool.shared.requestlog import RequestLog
 from llmspool.shared.settings import Settings
 
 
@@ -26,6 +29,7 @@ class Producer:
     dispatcher: Dispatcher
     id: str
     timeline: Timeline
+    observer: Observer
 
     @classmethod
     def create(cls, settings: Settings, config: Config, redis: Redis) -> Producer:
@@ -33,7 +37,8 @@ class Producer:
         relay = ReplyRelay(redis, producer_id)
         timeline = Timeline(redis)
         dispatcher = Dispatcher(redis, relay, settings, timeline)
-        return cls(settings, config, redis, relay, dispatcher, producer_id, timeline)
+        observer = Observer(ApiMetrics(config.names()), RequestLog(redis, settings))
+        return cls(settings, config, redis, relay, dispatcher, producer_id, timeline, observer)
 
 
 def get_producer(request: Request) -> Producer:

@@ -41,6 +41,15 @@ def timeline(model: str) -> str:
     return f"{PREFIX}:{{{model}}}:timeline"
 
 
+#: The request log: one entry per request, capped with ``MAXLEN ~`` (see shared/requestlog.py).
+REQUEST_LOG = f"{PREFIX}:requestlog"
+
+
+def feedback(request_id: str) -> str:
+    """Feedback on one request (hash with a TTL), joined into its request-log record."""
+    return f"{PREFIX}:feedback:{request_id}"
+
+
 def reply_channel(request_id: str) -> str:
     """Live reply frames of one request."""
     return f"{PREFIX}:reply:{request_id}"

@@ -131,6 +131,8 @@ class ReplyFrame(BaseModel):
     embeddings: list[list[float]] | None = None
     error: WireError | None = None
     worker: str | None = None
+    #: When the worker picked the job up (epoch seconds): on the first and the final frame.
+    started_at: float | None = None
 
     @property
     def final(self) -> bool:

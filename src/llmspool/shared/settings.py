@@ -75,5 +75,35 @@ class Settings(BaseSettings):
         default="info", description="Log level of every process."
     )
 
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per log line (with the request id), for collectors.",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of a worker's own Prometheus /metrics (engine side); unset: none; "
+        "0: any free port (recorded in the worker's registry entry).",
+    )
+    request_log_max: int = Field(
+        default=10_000, ge=1, description="Records the request-log stream keeps (MAXLEN ~)."
+    )
+    request_log_prompts: bool = Field(
+        default=True, description="Keep prompts (messages, prompt, input) in the request log."
+    )
+    request_log_outputs: bool = Field(
+        default=True, description="Keep generated text in the request log."
+    )
+    request_log_max_chars: int = Field(
+        default=16_000, ge=0, description="Longer prompts and outputs are cut in the request log."
+    )
+    request_log_file: Path | None = Field(
+        default=None, description="Also append each request-log record to this JSONL file."
+    )
+    feedback_ttl: float = Field(
+        default=30 * 86400.0, gt=0, description="Seconds feedback on a request is kept."
+    )
+
     def resolved_redis_url(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"

@@ -1,0 +1,81 @@
+"""Observability routes: Prometheus ``/metrics``, ``POST /v1/feedback``, the request-log reader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from llmspool.producer.service import Producer, get_producer
+from llmspool.shared import queues, requestlog
+from llmspool.shared.errors import InvalidRequest
+from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.requestlog import Feedback, RequestRecord
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+ProducerDep = Annotated[Producer, Depends(get_producer)]
+
+#: A scrape never waits on Redis longer than this; the queue families then read redis_up 0.
+SCRAPE_REDIS_TIMEOUT = 2.0
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(producer: ProducerDep) -> Response:
+    """Prometheus exposition: this process' request metrics and the queue gauges read now."""
+    body = generate_latest(producer.observer.metrics.registry)
+    body += generate_latest(await _queue_registry(producer))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _queue_registry(producer: Producer) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    names = producer.config.names()
+    try:
+        snapshot = await asyncio.wait_for(
+            queues.snapshot(producer.redis, names), SCRAPE_REDIS_TIMEOUT
+        )
+        registry.register(queues.QueueCollector(snapshot))
+    except (TimeoutError, *UNAVAILABLE) as exc:
+        log.warning("metrics: cannot read queues: %s", exc)
+        registry.register(queues.QueueCollector([], redis_up=False))
+    return registry
+
+
+@router.post("/v1/feedback")
+async def feedback(body: Feedback, producer: ProducerDep) -> JSONResponse:
+    """Attach a rating (and a comment) to a request, by the id its reply carried."""
+    if not body.request_id.isprintable() or " " in body.request_id:
+        raise InvalidRequest("request_id is not a request id", param="request_id")
+    await producer.observer.request_log.add_feedback(body)
+    return JSONResponse({"object": "feedback", **body.model_dump()})
+
+
+@router.get("/admin/requests")
+async def list_requests(
+    producer: ProducerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    model: str | None = None,
+    outcome: str | None = None,
+) -> dict[str, Any]:
+    """The newest request-log records (newest first), feedback attached."""
+    records = await requestlog.recent(producer.redis, limit, model=model, outcome=outcome)
+    return {"object": "list", "data": [_public(r) for r in records]}
+
+
+@router.get("/admin/requests/{request_id}")
+async def get_request(request_id: str, producer: ProducerDep) -> dict[str, Any]:
+    """One request-log record, feedback attached."""
+    record = await requestlog.find(producer.redis, request_id)
+    if record is None:
+        raise HTTPException(404, f"No request-log record for '{request_id}'.")
+    return _public(record)
+
+
+def _public(record: RequestRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json")

@@ -1,0 +1,190 @@
+"""Observability end to end: known requests through the real API and worker processes, then
+/metrics (API and worker), the request log, feedback, `llmspool log` and the JSON logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import StackFactory
+from tests.dashboards import exposed_names, referenced_metrics
+from tests.helpers import Stack, scrape, wait_until
+
+pytestmark = pytest.mark.e2e
+
+HI = [{"role": "user", "content": "Hi"}]
+M = {"model_name": "fake"}
+
+
+@pytest.fixture
+def observed(stack_factory: StackFactory, tmp_path: Path) -> Stack:
+    stack = stack_factory(
+        LLMSPOOL_WORKER_METRICS_PORT="0",
+        LLMSPOOL_LOG_FORMAT="json",
+        LLMSPOOL_LOG_LEVEL="debug",
+        LLMSPOOL_REQUEST_LOG_FILE=str(tmp_path / "requests.jsonl"),
+    )
+    stack.start_api()
+    stack.start_worker("fake")
+    return stack
+
+
+def _send_known_requests(client: openai.OpenAI) -> dict[str, dict[str, object]]:
+    """3 chat, 2 streamed chat, 1 completion, 1 embedding, 1 refused: what each should log."""
+    sent: dict[str, dict[str, object]] = {}
+    for i in range(3):
+        r = client.chat.completions.create(model="fake", messages=HI, max_tokens=3 + i)
+        sent[r.id] = {"outcome": "length", "usage": r.usage, "output": r.choices[0].message.content}
+    for _ in range(2):
+        chunks = list(
+            client.chat.completions.create(
+                model="fake", messages=HI, max_tokens=6, stream=True,
+                stream_options={"include_usage": True},
+            )
+        )  # fmt: skip
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        sent[chunks[0].id] = {"outcome": "length", "usage": chunks[-1].usage, "output": text}
+    c = client.completions.create(model="fake", prompt="Say something", max_tokens=4)
+    sent[c.id] = {"outcome": "length", "usage": c.usage, "output": c.choices[0].text}
+    e = client.embeddings.create(model="fake", input="two words")
+    sent["embedding"] = {"outcome": "stop", "usage": e.usage}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="fake", messages=HI, tools=[{"type": "function"}])
+    return sent
+
+
+def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=f"{observed.base_url}/v1", api_key="none", max_retries=0)
+    sent = _send_known_requests(client)
+    prompt = sum(s["usage"].prompt_tokens for s in sent.values())  # type: ignore[attr-defined]
+    generated = sum(getattr(s["usage"], "completion_tokens", 0) or 0 for s in sent.values())
+    api = f"{observed.base_url}/metrics"
+    wait_until(
+        lambda: scrape(api).get(("llmspool:e2e_request_latency_seconds_count", M)) == 7,
+        20, what="7 finished requests in /metrics",
+    )  # fmt: skip
+    m = scrape(api)
+    assert m["llmspool:request_success_total", {**M, "finished_reason": "length"}] == 6
+    assert m["llmspool:request_success_total", {**M, "finished_reason": "stop"}] == 1
+    assert m["llmspool:request_success_total", {**M, "finished_reason": "abort"}] == 0
+    assert m["llmspool:request_errors_total", {**M, "error_type": "unsupported_parameter"}] == 1
+    assert m["llmspool:time_to_first_token_seconds_count", M] == 6
+    assert m["llmspool:request_queue_time_seconds_count", M] == 7
+    assert m["llmspool:prompt_tokens_total", M] == prompt
+    assert m["llmspool:generation_tokens_total", M] == generated == 3 + 4 + 5 + 12 + 4
+    assert m["llmspool:reply_tokens_relayed_total", M] == generated
+    # every token after a request's first frame is one inter-token gap
+    assert generated - 6 * 2 <= m["llmspool:inter_token_latency_seconds_count", M] <= generated - 6
+    assert m["llmspool:num_requests_running", M] == 0
+    assert m["llmspool:num_requests_waiting", M] == 0
+    queue = {**M, "queue": "requests"}
+    assert m["llmspool:queue_depth", queue] == 0 and m["llmspool:queue_lag", queue] == 0
+    assert m["llmspool:queue_length", queue] == 7
+    assert m["llmspool:workers", M] == 1 and m["llmspool:dead_jobs", M] == 0
+    assert m["llmspool:redis_up", {}] == 1
+
+    port = observed.redis.client().hget(_worker_key(observed), "metrics_port")
+    w = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert (
+        w["llmspool:reply_frames_published_total", M] == m["llmspool:reply_frames_relayed_total", M]
+    )
+    assert w["llmspool:reply_tokens_published_total", M] == generated
+    assert w["llmspool:worker_jobs_total", {**M, "outcome": "length"}] == 6
+    assert w["llmspool:worker_jobs_total", {**M, "outcome": "stop"}] == 1
+    assert w["llmspool:worker_job_seconds_count", M] == 7
+    assert w["llmspool:worker_jobs_running", M] == 0
+
+    exposed = exposed_names(httpx.get(api, timeout=10).text)
+    exposed |= exposed_names(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    assert not referenced_metrics() - exposed, "the dashboards use metrics /metrics lacks"
+
+    _check_request_log(observed, sent)
+    _check_logs_follow_request(observed, next(iter(sent)))
+
+
+def _worker_key(stack: Stack) -> str:
+    keys = stack.redis.client().keys("llmspool:worker:*")
+    assert len(keys) == 1
+    return str(keys[0])
+
+
+def _records(stack: Stack) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{stack.base_url}/admin/requests?limit=100", timeout=10)
+    data: list[dict[str, Any]] = answer.json()["data"]
+    return data
+
+
+def _jsonl(stack: Stack) -> list[dict[str, Any]]:
+    path = stack.workdir / "requests.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _check_request_log(stack: Stack, sent: dict[str, dict[str, object]]) -> None:
+    wait_until(lambda: len(_records(stack)) >= 8, 20, what="8 request-log records")
+    wait_until(lambda: len(_jsonl(stack)) >= 8, 20, what="8 JSONL records")
+    records = _records(stack)
+    assert len(records) == 8 and len({r["request_id"] for r in records}) == 8
+    by_id = {r["request_id"]: r for r in records}
+    for request_id, expected in sent.items():
+        if request_id == "embedding":
+            continue
+        record = by_id[request_id]
+        usage = expected["usage"]
+        assert record["outcome"] == expected["outcome"] and record["model"] == "fake"
+        assert record["output"] == expected["output"]
+        assert record["prompt_tokens"] == usage.prompt_tokens  # type: ignore[attr-defined]
+        assert record["completion_tokens"] == usage.completion_tokens  # type: ignore[attr-defined]
+        assert record["worker"].startswith("fake@") and record["backend"] == "fake"
+        assert record["queue_time"] >= 0 and record["ttft"] <= record["total_time"]
+        assert record["params"]["max_tokens"] and record["prompt"]
+    refused = [r for r in records if r["outcome"] == "unsupported_parameter"]
+    assert len(refused) == 1 and refused[0]["worker"] is None
+
+    target = next(iter(sent))
+    answer = httpx.post(
+        f"{stack.base_url}/v1/feedback",
+        json={"request_id": target, "rating": 1, "comment": "good"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    one = httpx.get(f"{stack.base_url}/admin/requests/{target}", timeout=10).json()
+    assert one["feedback"]["rating"] == 1 and one["feedback"]["comment"] == "good"
+    assert httpx.get(f"{stack.base_url}/admin/requests/nope", timeout=10).status_code == 404
+
+    lines = _jsonl(stack)
+    assert len([x for x in lines if "request_id" in x and "outcome" in x]) == 8
+    assert [x["feedback"]["request_id"] for x in lines if "feedback" in x] == [target]
+
+    out = subprocess.run(
+        [sys.executable, "-m", "llmspool", "log", "--json", "-n", "3", "--outcome", "length"],
+        env=stack.env(), capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    shown = [json.loads(line) for line in out.splitlines()]
+    assert len(shown) == 3 and all(r["outcome"] == "length" for r in shown)
+    wide = {**stack.env(), "COLUMNS": "300"}
+    table = subprocess.run(
+        [sys.executable, "-m", "llmspool", "log"],
+        env=wide, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "+1 good" in table
+
+
+def _check_logs_follow_request(stack: Stack, request_id: str) -> None:
+    def lines(name: str) -> list[dict[str, object]]:
+        out = []
+        for line in stack.log(name).splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    api = [x for x in lines("api.log") if x["request_id"] == request_id]
+    worker = [x for x in lines("worker-fake.log") if x["request_id"] == request_id]
+    assert any(x["message"].startswith("request finished") for x in api)  # type: ignore[union-attr]
+    assert any(x["message"].startswith("job settled") for x in worker)  # type: ignore[union-attr]
