@@ -288,9 +288,9 @@
     const send = (rating) => act(`feedback on ${record.request_id}`, "/v1/feedback", { request_id: record.request_id, rating });
     const given = record.feedback ? record.feedback.rating : null;
     return [
-      h("button", { type: "button", title: "good", class: given > 0 ? "chosen" : null, dataset: { action: "feedback-up" }, onclick: () => send(1) }, "👍"),
+      h("button", { type: "button", title: "good", class: given > 0 ? "chosen" : null, dataset: { action: "feedback-up" }, onclick: () => send(1) }, "+1"),
       " ",
-      h("button", { type: "button", title: "bad", class: given < 0 ? "chosen" : null, dataset: { action: "feedback-down" }, onclick: () => send(-1) }, "👎"),
+      h("button", { type: "button", title: "bad", class: given < 0 ? "chosen" : null, dataset: { action: "feedback-down" }, onclick: () => send(-1) }, "−1"),
     ];
   }
 
