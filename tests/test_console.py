@@ -136,7 +136,26 @@ def test_console_shows_a_burst_grow_and_drain(
         timeout=20_000,
     )
     assert page.page.locator('[data-model="fake"] [data-worker]').count() == 1
+    if state["features"]["requests"] and state["features"]["feedback"]:
+        _check_request_log_and_feedback(page, console_stack)
     assert page.problems == []
+
+
+def _check_request_log_and_feedback(page: Page, stack: Stack) -> None:
+    """The burst's requests are listed with their worker; a thumbs-up attaches feedback."""
+    page.page.wait_for_function(
+        "document.querySelectorAll('#requests [data-request]').length >= 10", timeout=20_000
+    )
+    row = page.page.locator("#requests [data-request]").first
+    request_id = str(row.get_attribute("data-request"))
+    assert "fake@" in str(row.text_content())  # the worker that served it
+    row.locator('[data-action="feedback-up"]').click()
+    page.page.wait_for_selector(
+        f'#requests [data-request="{request_id}"] [data-action="feedback-up"].chosen',
+        timeout=20_000,
+    )
+    record = httpx.get(f"{stack.base_url}/admin/requests/{request_id}", timeout=10).json()
+    assert record["feedback"]["rating"] == 1
 
 
 def test_sections_without_their_routes_say_not_available(
