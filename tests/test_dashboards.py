@@ -8,8 +8,8 @@ from collections import Counter
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from llmspool.producer.queue_metrics import ModelQueues, QueueCollector, StreamStats
 from llmspool.shared.metrics import ApiMetrics, WorkerMetrics
-from llmspool.shared.queues import ModelQueues, QueueCollector, StreamStats
 from tests.dashboards import COMPOSE, DASHBOARDS, exposed_names, expressions, load
 from tests.dashboards import referenced_metrics as referenced
 

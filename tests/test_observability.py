@@ -188,3 +188,24 @@ def _check_logs_follow_request(stack: Stack, request_id: str) -> None:
     worker = [x for x in lines("worker-fake.log") if x["request_id"] == request_id]
     assert any(x["message"].startswith("request finished") for x in api)  # type: ignore[union-attr]
     assert any(x["message"].startswith("job settled") for x in worker)  # type: ignore[union-attr]
+
+
+def test_client_going_away_is_an_abort(observed: Stack) -> None:
+    client = openai.OpenAI(base_url=f"{observed.base_url}/v1", api_key="none", max_retries=0)
+    stream = client.chat.completions.create(model="fake", messages=HI, max_tokens=2000, stream=True)
+    request_id = ""
+    for i, chunk in enumerate(stream):
+        request_id = chunk.id
+        if i == 3:
+            break
+    stream.close()
+    api = f"{observed.base_url}/metrics"
+    abort = ("llmspool:request_success_total", {**M, "finished_reason": "abort"})
+    wait_until(lambda: scrape(api).get(abort) == 1, 20, what="an abort in /metrics")
+    m = scrape(api)
+    assert m["llmspool:num_requests_running", M] == 0
+    assert m["llmspool:num_requests_waiting", M] == 0
+    assert m["llmspool:e2e_request_latency_seconds_count", M] == 0
+    wait_until(lambda: len(_records(observed)) == 1, 20, what="the aborted request's record")
+    (record,) = _records(observed)
+    assert record["request_id"] == request_id and record["outcome"] == "abort"

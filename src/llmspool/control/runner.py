@@ -39,6 +39,7 @@ def run_api(settings: Settings, config: Config) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go through llmspool's handler (text or JSON)
         timeout_graceful_shutdown=int(settings.drain_timeout),
         loop="auto",
         http="auto",

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
-from llmspool.shared import queues, requestlog
+from llmspool.shared import requestlog
 from llmspool.shared.errors import InvalidRequest
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.requestlog import Feedback, RequestRecord
@@ -38,12 +39,12 @@ async def _queue_registry(producer: Producer) -> CollectorRegistry:
     names = producer.config.names()
     try:
         snapshot = await asyncio.wait_for(
-            queues.snapshot(producer.redis, names), SCRAPE_REDIS_TIMEOUT
+            queue_metrics.snapshot(producer.redis, names), SCRAPE_REDIS_TIMEOUT
         )
-        registry.register(queues.QueueCollector(snapshot))
+        registry.register(queue_metrics.QueueCollector(snapshot))
     except (TimeoutError, *UNAVAILABLE) as exc:
         log.warning("metrics: cannot read queues: %s", exc)
-        registry.register(queues.QueueCollector([], redis_up=False))
+        registry.register(queue_metrics.QueueCollector([], redis_up=False))
     return registry
 
 

@@ -3,7 +3,7 @@
 Every family has the prefix ``llmspool:`` and a ``model_name`` label. Each process builds its own
 :class:`~prometheus_client.CollectorRegistry` (never the global default one): the API holds an
 :class:`ApiMetrics`, a worker a :class:`WorkerMetrics`. Families whose values live in Redis
-(queue depth, workers) are computed at scrape time by :mod:`llmspool.shared.queues`.
+(queue depth, workers) are computed at scrape time by :mod:`llmspool.producer.queue_metrics`.
 """
 
 from __future__ import annotations
