@@ -90,8 +90,10 @@ def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) 
     assert m["llmspool:workers", M] == 1 and m["llmspool:dead_jobs", M] == 0
     assert m["llmspool:redis_up", {}] == 1
 
-    port = observed.redis.client().hget(_worker_key(observed), "metrics_port")
-    w = scrape(f"http://127.0.0.1:{port}/metrics")
+    address = observed.redis.client().hget(_worker_key(observed), "metrics")
+    targets = httpx.get(f"{observed.base_url}/admin/metrics/targets", timeout=10).json()
+    assert targets == [{"targets": [address], "labels": {"model_name": "fake"}}]
+    w = scrape(f"http://{address}/metrics")
     assert (
         w["llmspool:reply_frames_published_total", M] == m["llmspool:reply_frames_relayed_total", M]
     )
@@ -102,7 +104,7 @@ def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) 
     assert w["llmspool:worker_jobs_running", M] == 0
 
     exposed = exposed_names(httpx.get(api, timeout=10).text)
-    exposed |= exposed_names(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    exposed |= exposed_names(httpx.get(f"http://{address}/metrics", timeout=10).text)
     assert not referenced_metrics() - exposed, "the dashboards use metrics /metrics lacks"
 
     _check_request_log(observed, sent)

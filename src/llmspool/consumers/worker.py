@@ -39,6 +39,7 @@ from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_WILDCARDS = ("0.0.0.0", "::", "")
 _CANCEL_MEMORY = 10_000  # ids of cancelled requests remembered to skip them if still queued
 
 
@@ -140,10 +141,11 @@ class Worker:
         if port is None:
             return
         self._metrics_server = MetricsServer.start(self.metrics.registry, self.settings.host, port)
-        self.info.metrics_port = self._metrics_server.port
-        log.info(
-            "worker metrics on http://%s:%d/metrics", self.settings.host, self.info.metrics_port
-        )
+        host = self.settings.host
+        if host in _WILDCARDS:  # reachable from elsewhere: name the host, not the wildcard
+            host = socket.gethostname()
+        self.info.metrics = f"{host}:{self._metrics_server.port}"
+        log.info("worker metrics on http://%s/metrics", self.info.metrics)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

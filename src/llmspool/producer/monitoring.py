@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
-from llmspool.shared import requestlog
+from llmspool.shared import registry, requestlog
 from llmspool.shared.errors import InvalidRequest
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.requestlog import Feedback, RequestRecord
@@ -35,17 +35,31 @@ async def metrics(producer: ProducerDep) -> Response:
 
 
 async def _queue_registry(producer: Producer) -> CollectorRegistry:
-    registry = CollectorRegistry()
+    collectors = CollectorRegistry()
     names = producer.config.names()
     try:
         snapshot = await asyncio.wait_for(
             queue_metrics.snapshot(producer.redis, names), SCRAPE_REDIS_TIMEOUT
         )
-        registry.register(queue_metrics.QueueCollector(snapshot))
+        collectors.register(queue_metrics.QueueCollector(snapshot))
     except (TimeoutError, *UNAVAILABLE) as exc:
         log.warning("metrics: cannot read queues: %s", exc)
-        registry.register(queue_metrics.QueueCollector([], redis_up=False))
-    return registry
+        collectors.register(queue_metrics.QueueCollector([], redis_up=False))
+    return collectors
+
+
+@router.get("/admin/metrics/targets")
+async def metrics_targets(producer: ProducerDep) -> list[dict[str, Any]]:
+    """Live workers' own /metrics, in Prometheus' HTTP service-discovery format
+    (``http_sd_configs``), grouped by model."""
+    by_model: dict[str, list[str]] = {}
+    for worker in await registry.live_workers(producer.redis):
+        if worker.metrics:
+            by_model.setdefault(worker.model, []).append(worker.metrics)
+    return [
+        {"targets": sorted(targets), "labels": {"model_name": model}}
+        for model, targets in sorted(by_model.items())
+    ]
 
 
 @router.post("/v1/feedback")

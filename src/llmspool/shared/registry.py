@@ -31,8 +31,8 @@ class WorkerInfo(BaseModel):
     started: float
     last_beat: float = 0.0
     state: str = "serving"
-    #: Port of the worker's own /metrics (0: none).
-    metrics_port: int = 0
+    #: ``host:port`` of the worker's own /metrics ("" when it serves none).
+    metrics: str = ""
 
     def to_mapping(self) -> dict[str, str]:
         return {name: str(value) for name, value in self.model_dump().items()}
