@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -79,3 +80,15 @@ async def test_capped_filtered_newest_first_with_feedback(redis: Redis) -> None:
     assert found.feedback.rating == 1 and found.feedback.comment is None  # the latest wins
     assert 0 < await redis.ttl(keys.feedback("chatcmpl-298")) <= 30 * 86400
     assert await requestlog.find(redis, "chatcmpl-0") is None  # trimmed away
+
+
+async def test_follow_yields_new_records(redis: Redis) -> None:
+    log = RequestLog(redis, Settings())
+    await log.write(_record(1))  # older: not followed
+    records = requestlog.follow(redis, block_ms=100)
+    first = asyncio.ensure_future(anext(records))
+    await asyncio.sleep(0.2)  # the XREAD from "$" is blocking now
+    await log.write(_record(2))
+    record = await asyncio.wait_for(first, 10)
+    assert record.request_id == "chatcmpl-2" and record.entry_id
+    await records.aclose()  # type: ignore[attr-defined]

@@ -241,8 +241,10 @@ def _attach(record: RequestRecord, raw: dict[Any, Any]) -> RequestRecord:
 
 
 async def follow(redis: Redis, block_ms: int = 1000) -> AsyncIterator[RequestRecord]:
-    """Records as they are written from now on (``XREAD BLOCK`` from ``$``)."""
-    last = "$"
+    """Records as they are written from now on (``XREAD BLOCK`` after the newest entry; not
+    ``$``, which would skip what arrives between two blocking reads)."""
+    newest = await redis.xrevrange(keys.REQUEST_LOG, count=1)
+    last = _text(newest[0][0]) if newest else "0-0"
     while True:
         reply = await redis.xread({keys.REQUEST_LOG: last}, block=block_ms)
         for _, entries in reply or []:
