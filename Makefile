@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_HTTPLIB=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install redis browser serve test lint typecheck pytest bench clean
+.PHONY: install redis browser serve test lint typecheck pytest bench bench-quick clean
 
 install: redis $(STAMP)
 
@@ -46,6 +46,26 @@ pytest: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# Benchmarks (bench/): `make bench` writes bench/report.md and bench/plots/ (~15 min);
+# `make bench-quick` a smaller run under bench/results/quick/ (~3 min).
+LITELLM_VENV := bench/.venvs/litellm
+LITELLM_VERSION := 1.108.7
+
+$(LITELLM_VENV)/bin/litellm:
+	@echo "installing LiteLLM $(LITELLM_VERSION) in its own venv (a few minutes, once)"
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[llamacpp,dev,bench]'
+	@touch $@
+
+bench: $(VENV)/.bench redis $(LITELLM_VENV)/bin/litellm
+	PYTHONPATH=$(CURDIR)/src $(BIN)/python -m bench --profile full
+
+bench-quick: $(VENV)/.bench redis $(LITELLM_VENV)/bin/litellm
+	PYTHONPATH=$(CURDIR)/src $(BIN)/python -m bench --profile quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

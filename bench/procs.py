@@ -1,0 +1,202 @@
+"""The processes a benchmark runs against, and their CPU time.
+
+Redis and the llmspool API and workers are started with the test suite's own helpers
+(:mod:`tests.helpers`); the baseline server, LiteLLM and llama-cpp-python's server are started
+here, each as a subprocess on a free port, polled until it answers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from tests.helpers import RedisServer, Stack, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+LITELLM_VENV = ROOT / "bench" / ".venvs" / "litellm"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (from /proc/<pid>/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (LiteLLM forks workers)."""
+    total = cpu_seconds(pid)
+    for child in _children(pid):
+        total += tree_cpu_seconds(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def _healthy(url: str, headers: dict[str, str] | None = None) -> bool:
+    try:
+        return httpx.get(url, timeout=2, headers=headers).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Server:
+    """A subprocess serving HTTP on ``port``."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+def start_server(
+    name: str, args: list[str], workdir: Path, health: str, env: dict[str, str] | None = None
+) -> Server:
+    """Start ``args`` (with ``{port}`` filled in) and wait until ``health`` answers 200."""
+    port = free_port()
+    log = workdir / f"{name}.log"
+    process = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in args],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=workdir,
+        start_new_session=True,  # its own group: LiteLLM's children stop with it
+    )
+    server = Server(name, port, process, log)
+    headers = {"Authorization": "Bearer sk-bench"}
+    try:
+        wait_until(
+            lambda: process.poll() is not None or _healthy(server.base_url + health, headers),
+            180,
+            what=f"{name} (see {log})",
+        )
+    except TimeoutError:
+        server.stop()
+        raise
+    if process.poll() is not None:
+        raise RuntimeError(f"{name} exited: {log.read_text(errors='replace')[-2000:]}")
+    return server
+
+
+def start_direct(workdir: Path, ttft_ms: float, itl_ms: float) -> Server:
+    args = [sys.executable, "-m", "bench.direct", "--port", "{port}"]
+    args += ["--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
+    return start_server("direct", args, workdir, "/health", env={"PYTHONPATH": _pythonpath()})
+
+
+def litellm_available() -> bool:
+    return (LITELLM_VENV / "bin" / "litellm").exists()
+
+
+def start_litellm(workdir: Path, upstream: Server) -> Server:
+    """LiteLLM's proxy (its own venv) in front of ``upstream``, offline."""
+    args = [str(LITELLM_VENV / "bin" / "litellm"), "--model", "openai/fake"]
+    args += ["--api_base", f"{upstream.base_url}/v1", "--port", "{port}", "--host", "127.0.0.1"]
+    env = {
+        "LITELLM_MASTER_KEY": "sk-bench",
+        "OPENAI_API_KEY": "dummy",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+    }
+    return start_server("litellm", args, workdir, "/health/liveliness", env=env)
+
+
+def start_llama_server(workdir: Path, model_path: Path, threads: int) -> Server:
+    """llama-cpp-python's own OpenAI server on ``model_path``."""
+    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path)]
+    args += ["--model_alias", "gemma", "--n_threads", str(threads), "--n_ctx", "2048"]
+    args += ["--port", "{port}", "--host", "127.0.0.1", "--verbose", "False"]
+    return start_server("llama-server", args, workdir, "/v1/models")
+
+
+def _pythonpath() -> str:
+    parts = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(p for p in parts if p)
+
+
+@dataclass
+class Llmspool:
+    """Redis, one llmspool API and ``workers`` workers of one model, from a models file."""
+
+    workdir: Path
+    config: str
+    model: str
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    redis: RedisServer | None = None
+    stack: Stack | None = None
+
+    def start(self) -> Llmspool:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (make redis)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(free_port(), self.workdir / "redis")
+        self.redis.start()
+        path = self.workdir / "llmspool.toml"
+        path.write_text(self.config)
+        env = {"PYTHONPATH": _pythonpath(), **self.env}
+        self.stack = Stack(self.redis, path, self.workdir, extra_env=env)
+        self.stack.start_api()
+        for _ in range(self.workers):
+            self.stack.start_worker(self.model)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.stack is None:
+            raise RuntimeError("not started")
+        return self.stack.base_url
+
+    def pids(self) -> dict[str, int]:
+        """Component name -> pid: api, worker(s), redis."""
+        if self.stack is None or self.redis is None or self.redis.process is None:
+            return {}
+        api, *workers = self.stack.processes
+        named = {"api": api.pid, "redis": self.redis.process.pid}
+        for i, worker in enumerate(workers):
+            named["worker" if i == 0 else f"worker{i + 1}"] = worker.pid
+        return named
+
+    def publishes(self) -> int:
+        """PUBLISH commands Redis has run since start."""
+        if self.redis is None:
+            return 0
+        stats = self.redis.client().info("commandstats")
+        return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            self.stack.stop()
+        if self.redis is not None:
+            self.redis.stop()
