@@ -140,6 +140,28 @@ def start_llama_server(workdir: Path, model_path: Path, threads: int) -> Server:
     return start_server("llama-server", args, workdir, "/v1/models")
 
 
+def source_at(commit: str, dest: Path) -> Path:
+    """Export ``src/`` as it was at ``commit`` into ``dest``; returns the new src directory."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest / "src"
+
+
+def commit_before(subject: str) -> str | None:
+    """The parent of the newest commit whose subject starts with ``subject``, if any."""
+    out = subprocess.run(
+        ["git", "log", "--format=%H %s", "-200"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
+    for line in out.splitlines():
+        commit, _, title = line.partition(" ")
+        if title.startswith(subject):
+            return f"{commit}^"
+    return None
+
+
 def _pythonpath() -> str:
     parts = [str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
     return os.pathsep.join(p for p in parts if p)

@@ -198,13 +198,27 @@ def overhead(profile: Profile, workdir: Path) -> list[Row]:
     return [{**row, "suite": "overhead"} for row in rows]
 
 
+#: The commit that made the relay cheaper per frame; the ablation runs the code before it.
+OPTIMIZATION_SUBJECT = "Relay reply frames with less work per frame"
+
+
+def ablations(workdir: Path) -> list[tuple[str, dict[str, str]]]:
+    """llmspool variants of the capacity suite: name and environment."""
+    variants = [("B llmspool", {}), ("B llmspool coalesce_ms=0", {"LLMSPOOL_COALESCE_MS": "0"})]
+    before = procs.commit_before(OPTIMIZATION_SUBJECT)
+    if before is not None:
+        src = procs.source_at(before, workdir / "before-optimization")
+        variants.append(("B llmspool before relay optimization", {"PYTHONPATH": str(src)}))
+    return variants
+
+
 def capacity(profile: Profile, workdir: Path) -> list[Row]:
-    """Zero-delay engine: llmspool (coalescing on and off) against the direct server."""
+    """Zero-delay engine: llmspool (coalescing on and off, before the relay optimization)
+    against the direct server."""
     rows: list[Row] = []
     direct = procs.start_direct(workdir, 0, 0)
     with running(direct):
-        variants = [("B llmspool", {}), ("B llmspool coalesce_ms=0", {"LLMSPOOL_COALESCE_MS": "0"})]
-        for name, env in variants:
+        for name, env in ablations(workdir):
             spool = procs.Llmspool(
                 workdir / f"capacity-{len(rows)}", fake_config(0, 0), "fake", env=env
             )

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: How long past its deadline a reply may take to arrive (a job finishing right at it).
 DEADLINE_GRACE = 2.0
 
+#: Put in a reply's queue when its deadline passes; a real frame is never empty.
+_EXPIRED = b""
+
 
 class Dispatcher:
     """Puts jobs on model streams and hands back their replies."""
@@ -91,6 +94,11 @@ class Reply:
         self.finished = False
         self.sent_text = False
         self.worker: str | None = None
+        # One timer per request, not one per frame (asyncio.wait_for on every frame cost more
+        # than parsing it): at the deadline it wakes the reader with _EXPIRED.
+        loop = asyncio.get_running_loop()
+        when = loop.time() + job.deadline + DEADLINE_GRACE - time.time()
+        self._expiry = loop.call_at(when, queue.put_nowait, _EXPIRED)
         self._frames_seen = 0
 
     async def frames(self) -> AsyncIterator[ReplyFrame]:
@@ -146,16 +154,19 @@ class Reply:
             self.trace.frame(frame)
             yield frame
 
+    def ready(self) -> bool:
+        """Whether a frame is already waiting (the next one comes without waiting)."""
+        return not self._queue.empty()
+
     async def _next(self) -> ReplyFrame:
-        timeout = self.job.deadline + DEADLINE_GRACE - time.time()
-        try:
-            data = await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0.001))
-        except TimeoutError:
+        data = await self._queue.get()
+        if not data:  # _EXPIRED; put back so that every later read fails the same way
+            self._queue.put_nowait(_EXPIRED)
             raise self._failed(
                 DeadlineExceeded(
                     f"No worker of model '{self.job.model}' served the request before its deadline."
                 )
-            ) from None
+            )
         frame = ReplyFrame.loads(data)
         self._frames_seen += 1
         if self._dispatcher.timeline is not None:
@@ -164,6 +175,7 @@ class Reply:
 
     async def close(self) -> None:
         """Settle the trace; stop following the reply; cancel the job if it did not finish."""
+        self._expiry.cancel()
         self.trace.finish()
         await self._dispatcher.relay.unsubscribe(keys.reply_channel(self.job.request_id))
         if not self.finished:

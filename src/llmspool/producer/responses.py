@@ -19,7 +19,8 @@ from llmspool.shared.protocol import (
     Usage,
 )
 
-DONE = {"data": "[DONE]"}
+#: Events are written as bytes: sse-starlette passes bytes through without re-encoding them.
+DONE = b"data: [DONE]\n\n"
 
 
 def chat_completion(reply: Reply, text: str, final: ReplyFrame) -> ChatCompletion:
@@ -59,11 +60,11 @@ class ChunkWriter:
             "model": reply.job.model,
         }
 
-    def _event(self, choices: list[dict[str, object]], usage: Usage | None = None) -> str:
+    def _event(self, choices: list[dict[str, object]], usage: Usage | None = None) -> bytes:
         body: dict[str, object] = {**self._head, "choices": choices}
         if self.include_usage:
             body["usage"] = usage.model_dump() if usage is not None else None
-        return orjson.dumps(body).decode()
+        return event(body)
 
     def _choice(
         self, text: str | None, finish: str | None, role: bool = False
@@ -75,11 +76,11 @@ class ChunkWriter:
             delta["content"] = text
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    def opening(self) -> str | None:
+    def opening(self) -> bytes | None:
         """Chat streams open with the assistant role, as OpenAI's do."""
         return self._event([self._choice("", None, role=True)]) if self.chat else None
 
-    def frame(self, frame: ReplyFrame) -> list[str]:
+    def frame(self, frame: ReplyFrame) -> list[bytes]:
         events = []
         if frame.text:
             events.append(self._event([self._choice(frame.text, None)]))
@@ -92,21 +93,30 @@ class ChunkWriter:
         return events
 
 
-async def sse_events(reply: Reply, writer: ChunkWriter) -> AsyncIterator[dict[str, str]]:
+def event(body: object) -> bytes:
+    """One SSE ``data:`` event (orjson never writes a newline, so one line is enough)."""
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def sse_events(reply: Reply, writer: ChunkWriter) -> AsyncIterator[bytes]:
     """The SSE events of a streamed reply; errors become an error event, then the stream ends.
-    Leaving early (client gone) cancels the job."""
+    Frames that are already waiting leave in one write. Leaving early (client gone) cancels
+    the job."""
+    pending: list[bytes] = []
     try:
         opening = writer.opening()
         if opening is not None:
-            yield {"data": opening}
+            yield opening
         async for frame in reply.frames():
             if frame.error is not None:
                 raise frame.error.to_exception()
-            for data in writer.frame(frame):
-                yield {"data": data}
-        yield DONE
+            pending += writer.frame(frame)
+            if not reply.ready():
+                yield b"".join(pending)
+                pending = []
+        yield b"".join(pending) + DONE
     except LLMSpoolError as exc:
-        yield {"data": orjson.dumps(exc.to_dict()).decode()}
+        yield b"".join(pending) + event(exc.to_dict())
     finally:
         await reply.close()
 
