@@ -80,6 +80,8 @@ def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) 
     assert m["llmspool:prompt_tokens_total", M] == prompt
     assert m["llmspool:generation_tokens_total", M] == generated == 3 + 4 + 5 + 12 + 4
     assert m["llmspool:reply_tokens_relayed_total", M] == generated
+    assert m["llmspool:request_generation_tokens_sum", M] == generated
+    assert m["llmspool:request_prompt_tokens_count", M] == 7
     # every token after a request's first frame is one inter-token gap
     assert generated - 6 * 2 <= m["llmspool:inter_token_latency_seconds_count", M] <= generated - 6
     assert m["llmspool:num_requests_running", M] == 0

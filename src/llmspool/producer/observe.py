@@ -131,9 +131,14 @@ class RequestTrace:
         if self.queue_time is not None:
             self._metrics.queue_time.observe(self.queue_time)
         if final.usage is not None:
-            self._metrics.prompt_tokens.inc(final.usage.prompt_tokens)
-            self._metrics.generation_tokens.inc(final.usage.completion_tokens)
+            self._tokens_used(final.usage.prompt_tokens, final.usage.completion_tokens)
         return reason
+
+    def _tokens_used(self, prompt: int, generated: int) -> None:
+        self._metrics.prompt_tokens.inc(prompt)
+        self._metrics.generation_tokens.inc(generated)
+        self._metrics.prompt_tokens_per_request.observe(prompt)
+        self._metrics.generation_tokens_per_request.observe(generated)
 
     def _record(self, outcome: str, total: float) -> RequestRecord:
         usage = self.final.usage if self.final is not None else None

@@ -33,6 +33,11 @@ LATENCY_BUCKETS = (
     40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
+# 1-2-5 steps, as vLLM's token-count histograms.
+TOKEN_BUCKETS = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000,
+)  # fmt: skip
+
 #: Finish reasons whose success counters exist from the start (at zero) for every model.
 FINISH_REASONS = ("stop", "length", "abort")
 
@@ -49,6 +54,8 @@ class ModelMetrics:
     queue_time: Histogram
     prompt_tokens: Counter
     generation_tokens: Counter
+    prompt_tokens_per_request: Histogram
+    generation_tokens_per_request: Histogram
     running: Gauge
     waiting: Gauge
     frames_relayed: Counter
@@ -90,6 +97,16 @@ class ApiMetrics:
             PREFIX + "request_queue_time_seconds",
             "Time a job waited in its Redis stream, from enqueue to a worker picking it up.",
             [MODEL], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._prompt_hist = Histogram(
+            PREFIX + "request_prompt_tokens",
+            "Prompt tokens per finished request.",
+            [MODEL], buckets=TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._generation_hist = Histogram(
+            PREFIX + "request_generation_tokens",
+            "Generated tokens per finished request.",
+            [MODEL], buckets=TOKEN_BUCKETS, registry=r,
         )  # fmt: skip
         self._prompt = Counter(
             PREFIX + "prompt_tokens", "Prompt tokens of finished requests.", [MODEL], registry=r
@@ -156,6 +173,8 @@ class ApiMetrics:
             e2e=self._e2e.labels(name),
             queue_time=self._queue.labels(name),
             prompt_tokens=self._prompt.labels(name),
+            prompt_tokens_per_request=self._prompt_hist.labels(name),
+            generation_tokens_per_request=self._generation_hist.labels(name),
             generation_tokens=self._generation.labels(name),
             running=self._running.labels(name),
             waiting=self._waiting.labels(name),
