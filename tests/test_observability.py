@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import StackFactory
+from tests.conftest import FAKE_CONFIG, StackFactory
 from tests.dashboards import exposed_names, referenced_metrics
 from tests.helpers import Stack, scrape, wait_until
 
@@ -21,11 +21,21 @@ pytestmark = pytest.mark.e2e
 
 HI = [{"role": "user", "content": "Hi"}]
 M = {"model_name": "fake"}
+IDLE = {"model_name": "idle"}
+
+#: A model no worker serves, whose requests expire after a second.
+IDLE_MODEL = """
+[[models]]
+name = "idle"
+backend = "fake"
+timeout = 1
+"""
 
 
 @pytest.fixture
 def observed(stack_factory: StackFactory, tmp_path: Path) -> Stack:
     stack = stack_factory(
+        FAKE_CONFIG + IDLE_MODEL,
         LLMSPOOL_WORKER_METRICS_PORT="0",
         LLMSPOOL_LOG_FORMAT="json",
         LLMSPOOL_LOG_LEVEL="debug",
@@ -91,6 +101,12 @@ def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) 
     assert m["llmspool:queue_length", queue] == 7
     assert m["llmspool:workers", M] == 1 and m["llmspool:dead_jobs", M] == 0
     assert m["llmspool:redis_up", {}] == 1
+    # every family exists for a model nobody used
+    assert m["llmspool:time_to_first_token_seconds_count", IDLE] == 0
+    assert m["llmspool:request_success_total", {**IDLE, "finished_reason": "stop"}] == 0
+    assert m["llmspool:num_requests_waiting", IDLE] == 0
+    assert m["llmspool:queue_depth", {**IDLE, "queue": "requests"}] == 0
+    assert m["llmspool:workers", IDLE] == 0
 
     address = observed.redis.client().hget(_worker_key(observed), "metrics")
     targets = httpx.get(f"{observed.base_url}/admin/metrics/targets", timeout=10).json()
@@ -213,3 +229,21 @@ def test_client_going_away_is_an_abort(observed: Stack) -> None:
     wait_until(lambda: len(_records(observed)) == 1, 20, what="the aborted request's record")
     (record,) = _records(observed)
     assert record["request_id"] == request_id and record["outcome"] == "abort"
+
+
+def test_a_request_nobody_serves(observed: Stack) -> None:
+    client = openai.OpenAI(base_url=f"{observed.base_url}/v1", api_key="none", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="idle", messages=HI, max_tokens=2)
+    assert caught.value.status_code == 504
+    m = scrape(f"{observed.base_url}/metrics")
+    queue = {**IDLE, "queue": "requests"}
+    assert m["llmspool:request_errors_total", {**IDLE, "error_type": "deadline_exceeded"}] == 1
+    assert m["llmspool:num_requests_waiting", IDLE] == 0
+    assert m["llmspool:queue_lag", queue] == m["llmspool:queue_depth", queue] == 1
+    assert m["llmspool:queue_oldest_age_seconds", queue] >= 1
+    assert m["llmspool:e2e_request_latency_seconds_count", IDLE] == 0
+    wait_until(lambda: len(_records(observed)) == 1, 20, what="the expired request's record")
+    (record,) = _records(observed)
+    assert record["outcome"] == "deadline_exceeded" and record["worker"] is None
+    assert "deadline" in record["error"]
