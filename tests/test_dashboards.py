@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -44,6 +45,17 @@ def test_dashboards_are_valid_grafana_json() -> None:
             assert Counter(expr)["{"] == Counter(expr)["}"], expr
             used = set(re.findall(r"\$(\w+)", expr)) - {"__rate_interval", "__interval"}
             assert used <= variables, (expr, used - variables)
+
+
+def test_dashboard_queries_are_valid_promql() -> None:
+    promql = pytest.importorskip("promql_parser")
+    for path in DASHBOARDS:
+        for expr in expressions(load(path)):
+            concrete = expr.replace("$__rate_interval", "1m").replace("$model_name", ".*")
+            try:
+                promql.parse(concrete)
+            except ValueError as exc:
+                pytest.fail(f"{path.name}: {expr!r} is not PromQL: {exc}")
 
 
 def test_dashboards_refer_only_to_exposed_metrics() -> None:
