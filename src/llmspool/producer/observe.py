@@ -13,7 +13,7 @@ import time
 
 from llmspool.shared.errors import LLMSpoolError
 from llmspool.shared.messages import Job, ReplyFrame
-from llmspool.shared.metrics import ApiMetrics, ModelMetrics
+from llmspool.shared.metrics import ApiMetrics, ModelMetrics, observe_many
 from llmspool.shared.requestlog import RequestLog, RequestRecord, request_parts
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ class RequestTrace:
             self._metrics.ttft.observe(self.ttft)
             return
         gap = (now - (self._last or now)) / tokens
-        for _ in range(tokens):
-            self._metrics.itl.observe(gap)
+        observe_many(self._metrics.itl, gap, tokens)
 
     def _new_attempt(self, frame: ReplyFrame) -> None:
         self.attempt = frame.attempt
