@@ -58,7 +58,8 @@ def run(profile: suites.Profile, chosen: list[str], out: Path) -> Path:
         for name in chosen:
             rows += _suite(name, profile, workdir)
     meta["elapsed"] = round(time.monotonic() - started)
-    meta["batch_note"] = BATCH_PENDING
+    if not suites.batch_available():
+        meta["batch_note"] = BATCH_PENDING
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     path = report.write(rows, meta, out, out / "plots")
     print(f"wrote {path} ({meta['elapsed']} s)")
@@ -73,6 +74,8 @@ def _suite(name: str, profile: suites.Profile, workdir: Path) -> list[dict[str, 
         return suites.capacity(profile, workdir)
     if name == "real" and profile.real_model:
         return suites.real_model(profile, workdir)
+    if name == "batch" and suites.batch_available():
+        return suites.batch(profile, workdir)
     return []
 
 

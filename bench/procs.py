@@ -169,15 +169,17 @@ def _pythonpath() -> str:
 
 @dataclass
 class Llmspool:
-    """Redis, one llmspool API and ``workers`` workers of one model, from a models file."""
+    """Redis, ``apis`` llmspool API processes and ``workers`` workers of one model."""
 
     workdir: Path
     config: str
     model: str
     workers: int = 1
+    apis: int = 1
     env: dict[str, str] = field(default_factory=dict)
     redis: RedisServer | None = None
-    stack: Stack | None = None
+    stacks: list[Stack] = field(default_factory=list)
+    named: dict[str, int] = field(default_factory=dict)
 
     def start(self) -> Llmspool:
         if shutil.which("redis-server") is None:
@@ -185,30 +187,32 @@ class Llmspool:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(free_port(), self.workdir / "redis")
         self.redis.start()
+        if self.redis.process is not None:
+            self.named["redis"] = self.redis.process.pid
         path = self.workdir / "llmspool.toml"
         path.write_text(self.config)
         env = {"PYTHONPATH": _pythonpath(), **self.env}
-        self.stack = Stack(self.redis, path, self.workdir, extra_env=env)
-        self.stack.start_api()
-        for _ in range(self.workers):
-            self.stack.start_worker(self.model)
+        for i in range(max(self.apis, 1)):
+            stack = Stack(self.redis, path, self.workdir, extra_env=env)
+            self.stacks.append(stack)
+            self.named[_nth("api", i)] = stack.start_api().pid
+        for i in range(self.workers):
+            self.named[_nth("worker", i)] = self.stacks[0].start_worker(self.model).pid
         return self
 
     @property
     def base_url(self) -> str:
-        if self.stack is None:
+        return self.base_urls[0]
+
+    @property
+    def base_urls(self) -> list[str]:
+        if not self.stacks:
             raise RuntimeError("not started")
-        return self.stack.base_url
+        return [stack.base_url for stack in self.stacks]
 
     def pids(self) -> dict[str, int]:
-        """Component name -> pid: api, worker(s), redis."""
-        if self.stack is None or self.redis is None or self.redis.process is None:
-            return {}
-        api, *workers = self.stack.processes
-        named = {"api": api.pid, "redis": self.redis.process.pid}
-        for i, worker in enumerate(workers):
-            named["worker" if i == 0 else f"worker{i + 1}"] = worker.pid
-        return named
+        """Component name -> pid: api, worker (api2, worker2, ... when there are more), redis."""
+        return dict(self.named)
 
     def publishes(self) -> int:
         """PUBLISH commands Redis has run since start."""
@@ -218,7 +222,11 @@ class Llmspool:
         return int(stats.get("cmdstat_publish", {}).get("calls", 0))
 
     def stop(self) -> None:
-        if self.stack is not None:
-            self.stack.stop()
+        for stack in self.stacks:
+            stack.stop()
         if self.redis is not None:
             self.redis.stop()
+
+
+def _nth(name: str, i: int) -> str:
+    return name if i == 0 else f"{name}{i + 1}"

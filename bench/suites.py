@@ -9,15 +9,18 @@ component spent during it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+import orjson
 
 from bench import loadgen, procs
 from bench.stats import summarize
@@ -37,15 +40,19 @@ class Profile:
     window: float
     capacity_concurrency: tuple[int, ...]
     real_requests: int
+    capacity_reps: int = 1
+    batch_lines: int = 2000
     seed: int = 20261125
     litellm: bool = True
     real_model: bool = True
 
 
 PROFILES = {
-    "full": Profile("full", (1, 8, 32, 64, 128, 256), (10, 40, 100), 2, 2.0, 6.0, (16, 64), 6),
-    "quick": Profile("quick", (1, 8, 64), (40,), 1, 1.0, 3.0, (64,), 2),
-    "smoke": Profile("smoke", (2,), (20,), 1, 0.3, 0.7, (4,), 0, litellm=False, real_model=False),
+    "full": Profile("full", (1, 8, 32, 64, 128, 256), (10, 40, 100), 2, 1.5, 5.0, (16, 64), 6),
+    "quick": Profile("quick", (1, 8, 64), (40,), 1, 1.0, 3.0, (64,), 2, batch_lines=500),
+    "smoke": Profile(
+        "smoke", (2,), (20,), 1, 0.3, 0.7, (4,), 0, batch_lines=50, litellm=False, real_model=False
+    ),
 }
 
 #: The overhead suite's engine: fixed pace, 32 tokens per request.
@@ -72,9 +79,18 @@ class System:
     """One way of serving requests, and the processes whose CPU time it spends."""
 
     name: str
-    target: loadgen.Target
+    targets: list[loadgen.Target]
     pids: dict[str, int] = field(default_factory=dict)
     publishes: Callable[[], int] | None = None
+
+    def sender(self, http: aiohttp.ClientSession) -> loadgen.SendOne:
+        """Sends one request, to each target in turn (several API processes)."""
+        turn = itertools.cycle(self.targets)
+
+        def send() -> Awaitable[loadgen.Sample]:
+            return loadgen.request(http, next(turn))
+
+        return send
 
 
 def _rotated(items: list[System], by: int) -> list[System]:
@@ -96,7 +112,7 @@ def _self_cpu() -> float:
 async def measure(system: System, mode: str, level: float, profile: Profile, rep: int) -> Row:
     """One run of ``system`` at ``level`` (concurrency, or rate for mode 'poisson')."""
     async with loadgen.session() as http:
-        send = partial(loadgen.request, http, system.target)
+        send = system.sender(http)
         before, pubs = _cpu(system), system.publishes() if system.publishes else 0
         started = time.perf_counter()
         if mode == "poisson":
@@ -129,12 +145,15 @@ def _f(value: float | None) -> str:
 
 
 async def sweep(
-    systems: list[System], profile: Profile, modes: list[tuple[str, float]]
+    systems: list[System],
+    profile: Profile,
+    modes: list[tuple[str, float]],
+    reps: int | None = None,
 ) -> list[Row]:
     """Every repetition visits every (mode, level), each over every system in rotated order."""
     rows = []
     turn = 0
-    for rep in range(profile.reps):
+    for rep in range(profile.reps if reps is None else reps):
         for mode, level in modes:
             for system in _rotated(systems, turn):
                 row = await measure(system, mode, level, profile, rep)
@@ -159,8 +178,10 @@ def running(*servers: Any) -> Iterator[None]:
 
 
 def llmspool_system(name: str, spool: procs.Llmspool, tokens: int, **extra: Any) -> System:
-    target = loadgen.Target(spool.base_url, spool.model, max_tokens=tokens, extra=extra)
-    return System(name, target, spool.pids(), spool.publishes)
+    targets = [
+        loadgen.Target(url, spool.model, max_tokens=tokens, extra=extra) for url in spool.base_urls
+    ]
+    return System(name, targets, spool.pids(), spool.publishes)
 
 
 def overhead(profile: Profile, workdir: Path) -> list[Row]:
@@ -176,14 +197,14 @@ def overhead(profile: Profile, workdir: Path) -> list[Row]:
         systems = [
             System(
                 "A direct",
-                loadgen.Target(direct.base_url, "fake", max_tokens=tokens),
+                [loadgen.Target(direct.base_url, "fake", max_tokens=tokens)],
                 {"server": direct.process.pid},
             ),
             llmspool_system("B llmspool", spool, tokens),
         ]
         if profile.litellm and procs.litellm_available():
             litellm = procs.start_litellm(workdir, direct)
-            target = loadgen.Target(litellm.base_url, "fake", tokens, api_key="sk-bench")
+            target = [loadgen.Target(litellm.base_url, "fake", tokens, api_key="sk-bench")]
             systems.append(
                 System(
                     "C litellm",
@@ -202,42 +223,48 @@ def overhead(profile: Profile, workdir: Path) -> list[Row]:
 OPTIMIZATION_SUBJECT = "Relay reply frames with less work per frame"
 
 
-def ablations(workdir: Path) -> list[tuple[str, dict[str, str]]]:
-    """llmspool variants of the capacity suite: name and environment."""
-    variants = [("B llmspool", {}), ("B llmspool coalesce_ms=0", {"LLMSPOOL_COALESCE_MS": "0"})]
+def variants(workdir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """llmspool variants of the capacity suite: name and keyword arguments of Llmspool."""
+    found = [
+        ("B llmspool", {}),
+        ("B llmspool coalesce_ms=0", {"env": {"LLMSPOOL_COALESCE_MS": "0"}}),
+        ("B llmspool 2 APIs + 2 workers", {"apis": 2, "workers": 2}),
+    ]
     before = procs.commit_before(OPTIMIZATION_SUBJECT)
     if before is not None:
         src = procs.source_at(before, workdir / "before-optimization")
-        variants.append(("B llmspool before relay optimization", {"PYTHONPATH": str(src)}))
-    return variants
+        found.append(("B llmspool before relay optimizations", {"env": {"PYTHONPATH": str(src)}}))
+    return found
 
 
 def capacity(profile: Profile, workdir: Path) -> list[Row]:
-    """Zero-delay engine: llmspool (coalescing on and off, before the relay optimization)
-    against the direct server."""
-    rows: list[Row] = []
+    """Zero-delay engine: the direct server and every llmspool variant (default, coalescing
+    off, two API processes and two workers, the code before the relay optimization), all up at
+    once and measured interleaved."""
     direct = procs.start_direct(workdir, 0, 0)
-    with running(direct):
-        for name, env in ablations(workdir):
-            spool = procs.Llmspool(
-                workdir / f"capacity-{len(rows)}", fake_config(0, 0), "fake", env=env
+    spools = [
+        (name, procs.Llmspool(workdir / f"capacity-{i}", fake_config(0, 0), "fake", **kwargs))
+        for i, (name, kwargs) in enumerate(variants(workdir))
+    ]
+    with running(direct, *(spool for _, spool in spools)):
+        systems = [
+            System(
+                "A direct",
+                [loadgen.Target(direct.base_url, "fake", max_tokens=CAPACITY_TOKENS)],
+                {"server": direct.process.pid},
             )
-            with running(spool):
-                spool.start()
-                systems = [
-                    System(
-                        "A direct",
-                        loadgen.Target(direct.base_url, "fake", max_tokens=CAPACITY_TOKENS),
-                        {"server": direct.process.pid},
-                    ),
-                    llmspool_system(name, spool, CAPACITY_TOKENS),
-                ]
-                modes = [("closed", float(c)) for c in profile.capacity_concurrency]
-                rows += asyncio.run(sweep(systems, profile, modes))
+        ]
+        for name, spool in spools:
+            spool.start()
+            systems.append(llmspool_system(name, spool, CAPACITY_TOKENS))
+        modes = [("closed", float(c)) for c in profile.capacity_concurrency]
+        rows = asyncio.run(sweep(systems, profile, modes, reps=profile.capacity_reps))
     return [{**row, "suite": "capacity"} for row in rows]
 
 
 REAL_TOKENS = 32
+#: Seconds after which the real-model suite starts no new pair of requests (a busy machine).
+REAL_BUDGET = 150.0
 REAL_MODEL = """
 [[models]]
 name = "gemma"
@@ -263,12 +290,12 @@ def real_model(profile: Profile, workdir: Path, threads: int = 2) -> list[Row]:
         systems = [
             System(
                 "llama-cpp-python server",
-                loadgen.Target(server.base_url, "gemma", REAL_TOKENS, chat=False, extra=extra),
+                [loadgen.Target(server.base_url, "gemma", REAL_TOKENS, chat=False, extra=extra)],
                 {"server": server.process.pid},
             ),
             System(
                 "llmspool (llama_cpp worker)",
-                loadgen.Target(spool.base_url, "gemma", REAL_TOKENS, chat=False, extra=extra),
+                [loadgen.Target(spool.base_url, "gemma", REAL_TOKENS, chat=False, extra=extra)],
                 spool.pids(),
             ),
         ]
@@ -290,12 +317,16 @@ async def _sequential(systems: list[System], profile: Profile) -> list[Row]:
     rng = random.Random(profile.seed)
     async with loadgen.session(timeout=300) as http:
         for system in systems:  # warm-up: load caches, first-call costs
-            await loadgen.request(http, system.target, PROMPTS[0])
+            await loadgen.request(http, system.targets[0], PROMPTS[0])
+        began = time.monotonic()
         for i in range(profile.real_requests):
+            if time.monotonic() - began > REAL_BUDGET:
+                print(f"  real model: stopped after {i} pairs ({REAL_BUDGET:.0f} s budget)")
+                break
             prompt = rng.choice(PROMPTS)
             for system in _rotated(systems, i):
                 before = _cpu(system)
-                sample = await loadgen.request(http, system.target, prompt)
+                sample = await loadgen.request(http, system.targets[0], prompt)
                 after = _cpu(system)
                 run = loadgen.Run([sample], sample.start, sample.end + 1e-9)
                 row: Row = {"system": system.name, "mode": "sequential", "level": 1, "rep": i}
@@ -309,3 +340,106 @@ async def _sequential(systems: list[System], profile: Profile) -> list[Row]:
                 _log(row)
                 rows.append(row)
     return rows
+
+
+BATCH_MODEL = """
+[[models]]
+name = "fake"
+backend = "fake"
+max_concurrency = 64
+context_length = 4096
+[models.options]
+ttft_ms = {ttft}
+itl_ms = {itl}
+"""
+BATCH_POLL = 0.5
+
+
+def batch_available() -> bool:
+    """Whether this checkout has the batch API (its test helpers start the batch worker)."""
+    return hasattr(procs.Stack, "start_batch_worker")
+
+
+def batch(profile: Profile, workdir: Path) -> list[Row]:
+    """A large batch on the overhead engine: its throughput, and interactive TTFT (closed loop,
+    concurrency 4) without it and while it runs."""
+    config = BATCH_MODEL.format(ttft=OVERHEAD_TTFT_MS, itl=OVERHEAD_ITL_MS)
+    spool = procs.Llmspool(workdir / "batch", config, "fake")
+    with running(spool):
+        spool.start()
+        spool.stacks[0].start_batch_worker(wait=True)  # type: ignore[attr-defined]
+        return asyncio.run(_batch_runs(spool, profile))
+
+
+async def _batch_runs(spool: procs.Llmspool, profile: Profile) -> list[Row]:
+    system = llmspool_system("B llmspool", spool, OVERHEAD_TOKENS)
+    rows = [await measure(system, "alone", 4, profile, 0)]
+    _log(rows[0])
+    async with loadgen.session() as http:
+        batch_id = await _submit_batch(http, spool.base_url, profile.batch_lines)
+        await _wait_status(http, spool.base_url, batch_id, {"in_progress", "completed"})
+        during = await measure(system, "with batch", 4, profile, 0)
+        _log(during)
+        info = await _wait_status(http, spool.base_url, batch_id, {"completed", "failed"})
+    rows.append(during)
+    rows.append(_batch_row(info, profile.batch_lines))
+    print(f"  batch: {rows[-1]}", flush=True)
+    return [{**row, "suite": "batch"} for row in rows]
+
+
+async def _submit_batch(http: aiohttp.ClientSession, base: str, lines: int) -> str:
+    body = {"model": "fake", "max_tokens": OVERHEAD_TOKENS}
+    jsonl = "\n".join(
+        orjson.dumps(
+            {
+                "custom_id": f"line-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**body, "messages": [{"role": "user", "content": f"item {i}"}]},
+            }
+        ).decode()
+        for i in range(lines)
+    )
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", jsonl.encode(), filename="bench.jsonl")
+    async with http.post(f"{base}/v1/files", data=form) as resp:
+        file_id = (await resp.json())["id"]
+    create = {
+        "input_file_id": file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    async with http.post(f"{base}/v1/batches", json=create) as resp:
+        return str((await resp.json())["id"])
+
+
+async def _wait_status(
+    http: aiohttp.ClientSession, base: str, batch_id: str, wanted: set[str]
+) -> dict[str, Any]:
+    while True:
+        async with http.get(f"{base}/v1/batches/{batch_id}") as resp:
+            info: dict[str, Any] = await resp.json()
+        if info["status"] in wanted:
+            return info
+        await asyncio.sleep(BATCH_POLL)
+
+
+def _batch_row(info: dict[str, Any], lines: int) -> Row:
+    start, end = info.get("in_progress_at"), info.get("completed_at")
+    seconds = (end - start) if start and end else None
+    counts = info.get("request_counts") or {}
+    usage = info.get("usage") or {}
+    tokens = usage.get("output_tokens") or usage.get("completion_tokens")
+    return {
+        "system": "batch",
+        "mode": "batch",
+        "level": lines,
+        "rep": 0,
+        "status": info["status"],
+        "completed": counts.get("completed"),
+        "failed": counts.get("failed"),
+        "seconds": seconds,
+        "lines_per_s": counts.get("completed", 0) / seconds if seconds else None,
+        "tok_per_s": tokens / seconds if tokens and seconds else None,
+    }
