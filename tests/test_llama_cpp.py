@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 
 import openai
@@ -79,6 +81,7 @@ async def test_cancelling_stops_within_a_token(backend: LlamaCppBackend) -> None
 def test_openai_client_through_redis(stack_factory: StackFactory) -> None:
     stack = stack_factory(
         '[[models]]\nname = "gemma-3-270m"\nbackend = "llama_cpp"\n'
+        'capabilities = ["chat", "completion", "embedding"]\n'
         "[models.options]\nn_threads = 2\n"
     )
     stack.start_api()
@@ -101,4 +104,13 @@ def test_openai_client_through_redis(stack_factory: StackFactory) -> None:
     assert completion.choices[0].text.strip() and completion.choices[0].finish_reason in (
         "length",
         "stop",
+    )
+    embedded = client.embeddings.create(model="gemma-3-270m", input=["a red fox", "a blue sea"])
+    assert [d.index for d in embedded.data] == [0, 1]
+    assert len(embedded.data[0].embedding) == 640  # gemma-3-270m's hidden size, mean-pooled
+    assert embedded.usage.prompt_tokens > 0
+    b64 = client.embeddings.create(model="gemma-3-270m", input="a red fox", encoding_format="base64")
+    raw = base64.b64decode(b64.data[0].embedding)  # type: ignore[arg-type]
+    assert struct.unpack(f"<{len(raw) // 4}f", raw) == pytest.approx(
+        embedded.data[0].embedding, abs=1e-5
     )

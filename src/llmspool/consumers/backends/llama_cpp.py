@@ -3,11 +3,13 @@
 The engine is blocking and not thread-safe, so one job runs at a time in a worker thread; its
 tokens reach the event loop through :class:`ThreadedGeneration`, which stops the engine within
 one token when the job is cancelled. Without a ``model_path`` it serves the packaged
-gemma-3-270m with the Gemma 3 turn template.
+gemma-3-270m with the Gemma 3 turn template. Embeddings come from a second context of the same
+file, made on the first embedding request (``embedding=True``, mean pooling).
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import os
 import random
@@ -30,7 +32,7 @@ from llmspool.consumers.backends.base import (
     sampling_params,
 )
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import ConfigError, InvalidRequest, UnsupportedCapability
+from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest
 from llmspool.shared.messages import Job
 from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
 from llmspool.shared.protocol import Usage
@@ -66,13 +68,18 @@ class LlamaCppBackend:
         self._llm: Any = None
         self._lock = threading.Lock()
         self._formatter: Any = None
+        self._embedder: Any = None  # a second context, made on the first embedding request
+        self._embed_lock = threading.Lock()
 
     async def start(self) -> None:
-        import asyncio
-
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
+        self._llm = self._open(n_batch=self.options.n_batch)
+        if self.options.chat_template == "gguf":
+            self._formatter = _gguf_formatter(self._llm)
+
+    def _open(self, **extra: Any) -> Any:
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -80,15 +87,13 @@ class LlamaCppBackend:
         path = self.model_path()
         if not path.is_file():
             raise ConfigError(f"model {self.model.name}: no model file at {path}")
-        self._llm = Llama(
+        return Llama(
             model_path=str(path),
             n_ctx=self.options.n_ctx,
             n_threads=self.options.n_threads or os.cpu_count() or 1,
-            n_batch=self.options.n_batch,
             verbose=False,
+            **extra,
         )
-        if self.options.chat_template == "gguf":
-            self._formatter = _gguf_formatter(self._llm)
 
     def model_path(self) -> Path:
         if self.options.model_path:
@@ -97,8 +102,10 @@ class LlamaCppBackend:
 
     async def stop(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is not None:
-            llm.close()
+        embedder, self._embedder = self._embedder, None
+        for engine in (llm, embedder):
+            if engine is not None:
+                engine.close()
 
     def render(self, prompt: Prompt) -> str:
         """The text the engine sees for ``prompt``."""
@@ -165,7 +172,28 @@ class LlamaCppBackend:
         yield Delta(text=tail, finish_reason="stop" if finish == "stop" else "length", usage=usage)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
-        raise UnsupportedCapability("embeddings are not enabled for this model")
+        """Mean-pooled, L2-normalised embeddings, one per text (truncated to the context)."""
+        if self._llm is None:
+            raise EngineError("the llama_cpp backend is not started")
+        return await asyncio.to_thread(self._embed, texts)
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = self._embedding_context()
+            vectors: list[list[float]] = self._embedder.embed(texts, normalize=True)
+            return vectors
+
+    def _embedding_context(self) -> Any:
+        from llama_cpp import LLAMA_POOLING_TYPE_MEAN
+
+        # A pooled embedding needs the whole text in one batch: batch = context.
+        return self._open(
+            embedding=True,
+            pooling_type=LLAMA_POOLING_TYPE_MEAN,
+            n_batch=self.options.n_ctx,
+            n_ubatch=self.options.n_ctx,
+        )
 
 
 def _engine_args(params: SamplingParams) -> dict[str, Any]:

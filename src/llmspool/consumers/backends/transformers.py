@@ -1,0 +1,336 @@
+"""The ``transformers`` backend: a Hugging Face causal LM on PyTorch, CPU by default.
+
+``model.generate`` is blocking, so each job runs it in its own thread with a
+``TextIteratorStreamer``; the job's tokens reach the event loop through
+:class:`ThreadedGeneration`. A stopping criterion ends the generation when the job is cancelled
+or a stop sequence matched, and counts the generated tokens for ``usage``. Chat prompts are
+rendered with the tokenizer's own chat template. Embeddings are the mean of the last hidden
+states over the text's tokens, L2-normalised.
+
+Only local files are read (``local_files_only``): a hub name works when it is already in the
+Hugging Face cache, and nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from llmspool.consumers.backends.base import (
+    BackendOptions,
+    Delta,
+    Prompt,
+    SamplingParams,
+    StopMatcher,
+    ThreadedGeneration,
+    prompt_of,
+    sampling_params,
+)
+from llmspool.shared.config import ModelConfig
+from llmspool.shared.errors import (
+    ConfigError,
+    EngineError,
+    InvalidRequest,
+    UnsupportedCapability,
+    UnsupportedParameter,
+)
+from llmspool.shared.messages import Job
+from llmspool.shared.protocol import FinishReason, Usage
+
+MISSING = "the transformers backend needs PyTorch and transformers: pip install 'llmspool[torch]'"
+_STREAM_TIMEOUT = 600.0  # seconds the streamer waits for the next token before giving up
+
+
+class Options(BackendOptions):
+    model: str = Field(
+        description="Model directory (or a name already in the local Hugging Face cache)."
+    )
+    device: str = Field(default="cpu", description="Torch device: cpu, cuda, cuda:1, mps, …")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Weights' dtype; auto: as saved."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow the model's own Python code to run."
+    )
+
+
+class TransformersBackend:
+    """One transformers model in this process; up to ``max_concurrency`` generations at once."""
+
+    def __init__(self, model: ModelConfig, options: Options) -> None:
+        self.model = model
+        self.options = options
+        self.max_concurrency = model.max_concurrency
+        self._lm: Any = None
+        self._tokenizer: Any = None
+        # The Rust tokenizer refuses concurrent calls that change its settings.
+        self._tokenizer_lock = threading.Lock()
+        self._seed_lock = threading.Lock()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ConfigError(MISSING) from exc
+        source = self._source()
+        common: dict[str, Any] = {
+            "local_files_only": True,
+            "trust_remote_code": self.options.trust_remote_code,
+        }
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(source, **common)
+            dtype = self.options.dtype
+            lm: Any = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype if dtype == "auto" else getattr(torch, dtype), **common
+            )
+        except OSError as exc:
+            raise ConfigError(f"model {self.model.name}: cannot load '{source}': {exc}") from exc
+        self._lm = lm.to(self.options.device).eval()
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+
+    def _source(self) -> str:
+        path = Path(self.options.model).expanduser()
+        if path.exists() or self.options.model.startswith(("/", ".", "~")):
+            if not path.is_dir():
+                raise ConfigError(f"model {self.model.name}: no model directory at {path}")
+            return str(path)
+        return self.options.model
+
+    async def stop(self) -> None:
+        self._lm = self._tokenizer = None
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, job: Job) -> AsyncIterator[Delta]:
+        params = sampling_params(job, self.model)
+        _check_supported(params)
+        prompt = prompt_of(job)
+        return ThreadedGeneration(lambda stop: self._produce(prompt, params, stop)).__aiter__()
+
+    def encode(self, prompt: Prompt) -> Any:
+        """The prompt as model inputs (``input_ids``, ``attention_mask``) on the device."""
+        tokenizer = self._require_tokenizer()
+        with self._tokenizer_lock:
+            if prompt.text is not None:
+                inputs = tokenizer(prompt.text, return_tensors="pt")
+            elif tokenizer.chat_template is None:
+                raise UnsupportedCapability(
+                    f"the model '{self.model.name}' has no chat template; use /v1/completions"
+                )
+            else:
+                inputs = tokenizer.apply_chat_template(
+                    [m.model_dump(include={"role", "content"}) for m in prompt.messages],
+                    add_generation_prompt=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                )
+        return inputs.to(self.options.device)
+
+    def _produce(
+        self, prompt: Prompt, params: SamplingParams, stop: threading.Event
+    ) -> Iterator[Delta]:
+        inputs = self.encode(prompt)
+        prompt_tokens = int(inputs["input_ids"].shape[-1])
+        budget = self._lm.config.max_position_embeddings - prompt_tokens
+        if budget <= 0:
+            raise InvalidRequest(
+                f"the prompt is {prompt_tokens} tokens; this model's context is "
+                f"{self._lm.config.max_position_embeddings}",
+                param="messages" if prompt.is_chat else "prompt",
+            )
+        run = _Run(self, inputs, params, min(params.max_tokens, budget), stop)
+        yield from run.deltas(prompt_tokens)
+
+    def _require_tokenizer(self) -> Any:
+        if self._tokenizer is None or self._lm is None:
+            raise EngineError("the transformers backend is not started")
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """Mean-pooled last hidden states, L2-normalised, one vector per text."""
+        self._require_tokenizer()
+        return await asyncio.to_thread(self._embed, texts)
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        import torch
+
+        with self._tokenizer_lock:
+            batch = self._tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self._lm.config.max_position_embeddings,
+                return_tensors="pt",
+            ).to(self.options.device)
+        with torch.inference_mode():
+            out = self._lm(**batch, output_hidden_states=True)
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.hidden_states[-1].dtype)
+        pooled = (out.hidden_states[-1] * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        vectors = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        result: list[list[float]] = vectors.cpu().tolist()
+        return result
+
+
+class _Run:
+    """One generation: ``model.generate`` in a thread, its text read from a streamer."""
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        inputs: Any,
+        params: SamplingParams,
+        limit: int,
+        stop: threading.Event,
+    ) -> None:
+        from transformers import StoppingCriteriaList
+
+        self.backend = backend
+        self.params = params
+        self.limit = limit
+        self.halt = stop  # set by a cancel, or by us when a stop sequence matched
+        self.criterion = _Halt(stop, int(inputs["input_ids"].shape[-1]))
+        self.streamer: Any = token_streamer(backend._tokenizer)
+        self.kwargs = {
+            **inputs,
+            **generation_kwargs(params, limit),
+            "streamer": self.streamer,
+            "stopping_criteria": StoppingCriteriaList([self.criterion]),
+        }
+        self.error: BaseException | None = None
+
+    def deltas(self, prompt_tokens: int) -> Iterator[Delta]:
+        thread = threading.Thread(target=self._generate, daemon=True)
+        thread.start()
+        matcher = StopMatcher(self.params.stop)
+        try:
+            for piece in self.streamer:
+                text = matcher.feed(piece)
+                if text:
+                    yield Delta(text=text, tokens=self.criterion.take_new())
+                if matcher.matched:
+                    self.halt.set()
+                    break
+        finally:
+            self.halt.set()  # also reached when the consumer stops iterating (a cancel)
+            thread.join()
+        if self.error is not None:
+            raise self.error
+        tail = "" if matcher.matched else matcher.flush()
+        finish: FinishReason = "stop" if matcher.matched or self._ended_on_eos() else "length"
+        completion = self.criterion.generated - (1 if self._ended_on_eos() else 0)
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion,
+            total_tokens=prompt_tokens + completion,
+        )
+        yield Delta(text=tail, finish_reason=finish, usage=usage)
+
+    def _generate(self) -> None:
+        import torch
+
+        try:
+            if self.params.seed is None:
+                self.backend._lm.generate(**self.kwargs)
+                return
+            # torch's CPU generator is process-wide: a seed is exact only while no other
+            # sampled job runs in this worker (documented in docs/backends.md).
+            with self.backend._seed_lock:
+                torch.manual_seed(self.params.seed)
+                self.backend._lm.generate(**self.kwargs)
+        except BaseException as exc:  # re-raised in the consuming thread
+            self.error = exc
+            self.streamer.end()
+
+    def _ended_on_eos(self) -> bool:
+        eos = self.backend._lm.generation_config.eos_token_id
+        ids = set(eos) if isinstance(eos, list) else {eos}
+        return self.criterion.last_token in ids
+
+
+def token_streamer(tokenizer: Any) -> Any:
+    """A ``TextIteratorStreamer`` that releases text at every token, not at word ends.
+
+    The stock streamer holds text back until a space, so a reply without spaces would arrive in
+    one piece; this one holds back only an incomplete UTF-8 character.
+    """
+    from transformers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc, unused-ignore]
+        def put(self, value: Any) -> None:
+            if len(value.shape) > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = str(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            if text.endswith("\ufffd"):
+                return  # the rest of the character comes with the next token
+            printable, self.print_len = text[self.print_len :], len(text)
+            if printable:
+                self.on_finalized_text(printable)
+
+    return TokenStreamer(
+        tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=_STREAM_TIMEOUT
+    )
+
+
+class _Halt:
+    """A stopping criterion: ends generation when ``halt`` is set; counts generated tokens."""
+
+    def __init__(self, halt: threading.Event, prompt_tokens: int) -> None:
+        self.halt = halt
+        self.prompt_tokens = prompt_tokens
+        self.generated = 0
+        self.last_token: int | None = None
+        self._reported = 0
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.generated = int(input_ids.shape[-1]) - self.prompt_tokens
+        self.last_token = int(input_ids[0, -1])
+        done = self.halt.is_set()
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    def take_new(self) -> int:
+        """Tokens generated since the last call (the streamer's text lags them slightly)."""
+        new, self._reported = self.generated - self._reported, self.generated
+        return max(new, 0)
+
+
+def generation_kwargs(params: SamplingParams, limit: int) -> dict[str, Any]:
+    """``model.generate`` arguments for ``params``: greedy at temperature 0, else sampling."""
+    if params.temperature <= 0:
+        return {"max_new_tokens": limit, "do_sample": False}
+    return {
+        "max_new_tokens": limit,
+        "do_sample": True,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": 0,
+    }
+
+
+def _check_supported(params: SamplingParams) -> None:
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(params, name):
+            raise UnsupportedParameter(
+                f"'{name}' is not supported by the transformers backend.", param=name
+            )
+
+
+def create(model: ModelConfig) -> TransformersBackend:
+    return TransformersBackend(model, Options.model_validate(model.options))
