@@ -109,7 +109,9 @@ def test_openai_client_through_redis(stack_factory: StackFactory) -> None:
     assert [d.index for d in embedded.data] == [0, 1]
     assert len(embedded.data[0].embedding) == 640  # gemma-3-270m's hidden size, mean-pooled
     assert embedded.usage.prompt_tokens > 0
-    b64 = client.embeddings.create(model="gemma-3-270m", input="a red fox", encoding_format="base64")
+    b64 = client.embeddings.create(
+        model="gemma-3-270m", input="a red fox", encoding_format="base64"
+    )
     raw = base64.b64decode(b64.data[0].embedding)  # type: ignore[arg-type]
     assert struct.unpack(f"<{len(raw) // 4}f", raw) == pytest.approx(
         embedded.data[0].embedding, abs=1e-5
