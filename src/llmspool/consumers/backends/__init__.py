@@ -21,6 +21,7 @@ BACKENDS: dict[str, str] = {
     "fake": "fake",
     "llama_cpp": "llama_cpp",
     "transformers": "transformers",
+    "vllm": "vllm",
 }
 
 
