@@ -102,7 +102,10 @@ def _setup(profile: suites.Profile) -> str:
         f"{suites.OVERHEAD_TOKENS} tokens per streamed chat completion. Capacity engine: fake, "
         f"no delay, {suites.CAPACITY_TOKENS} tokens. llmspool: one API process, one worker, "
         "its own redis-server (no persistence). LiteLLM 1.108.7 proxy (`litellm --model "
-        "openai/fake`, one process) in front of A."
+        "openai/fake`, one process) in front of A, run up to concurrency "
+        f"{suites.LITELLM_LIMITS['closed']:.0f} and {suites.LITELLM_LIMITS['poisson']:.0f} "
+        "req/s only: above that it fell so far behind that runs were cut and its backlog spoiled "
+        "the runs after them."
     )
 
 
