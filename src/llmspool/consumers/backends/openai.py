@@ -1,0 +1,235 @@
+"""The ``openai`` backend: forwards jobs to an upstream OpenAI-compatible server.
+
+The upstream may be a vLLM or llama.cpp server, or a hosted API. Generations are streamed
+through as they arrive; usage is the upstream's own (``stream_options.include_usage``), or, where
+the upstream sends none, one token per streamed piece and no prompt count. The upstream's
+errors become llmspool errors with the upstream's message (:func:`upstream_error`). A cancelled
+job closes its upstream stream. The upstream key is read from an environment variable, never
+from the models file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import Field
+
+from llmspool.consumers.backends.base import (
+    BackendOptions,
+    Delta,
+    Prompt,
+    SamplingParams,
+    prompt_of,
+    sampling_params,
+)
+from llmspool.shared.config import ModelConfig
+from llmspool.shared.errors import (
+    ConfigError,
+    EngineError,
+    InvalidRequest,
+    LLMSpoolError,
+    ServiceUnavailable,
+)
+from llmspool.shared.messages import Job
+from llmspool.shared.protocol import FinishReason, Usage
+
+MISSING = "the openai backend needs the openai client: pip install 'llmspool[openai]'"
+
+
+class Options(BackendOptions):
+    base_url: str = Field(description="The upstream's API root, e.g. http://host:8000/v1.")
+    model: str | None = Field(
+        default=None, description="The upstream's name of the model; unset: this model's name."
+    )
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable that holds the upstream's API key."
+    )
+    timeout: float = Field(default=600.0, gt=0, description="Seconds per upstream request.")
+    max_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Client retries of a failed upstream request (connection errors, 429, 5xx) "
+        "before anything streamed.",
+    )
+    check_model: bool = Field(
+        default=True, description="At start, check that the upstream lists the model."
+    )
+
+
+class OpenAIBackend:
+    """Jobs forwarded to one upstream model; up to ``max_concurrency`` at once."""
+
+    def __init__(self, model: ModelConfig, options: Options) -> None:
+        self.model = model
+        self.options = options
+        self.max_concurrency = model.max_concurrency
+        self.upstream_model = options.model or model.name
+        self._client: Any = None
+
+    async def start(self) -> None:
+        try:
+            from openai import AsyncOpenAI
+        except ImportError as exc:
+            raise ConfigError(MISSING) from exc
+        client = AsyncOpenAI(
+            base_url=self.options.base_url,
+            api_key=self._api_key(),
+            timeout=self.options.timeout,
+            max_retries=self.options.max_retries,
+        )
+        if self.options.check_model:
+            await self._check(client)
+        self._client = client
+
+    def _api_key(self) -> str:
+        name = self.options.api_key_env
+        if name is None:
+            return "none"
+        key = os.environ.get(name)
+        if not key:
+            raise ConfigError(f"model {self.model.name}: the environment variable {name} is unset")
+        return key
+
+    async def _check(self, client: Any) -> None:
+        try:
+            listed = [m.id async for m in client.models.list()]
+        except Exception as exc:
+            await client.close()
+            error = upstream_error(exc)
+            raise ConfigError(f"model {self.model.name}: {error.message}") from exc
+        if self.upstream_model not in listed:
+            await client.close()
+            raise ConfigError(
+                f"model {self.model.name}: the upstream {self.options.base_url} does not serve "
+                f"'{self.upstream_model}' (it serves: {', '.join(listed) or 'nothing'})"
+            )
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    def generate(self, job: Job) -> AsyncIterator[Delta]:
+        return self._generate(prompt_of(job), sampling_params(job, self.model))
+
+    async def _generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta]:
+        if self._client is None:
+            raise EngineError("the openai backend is not started")
+        reader = ChunkReader(chat=prompt.is_chat)
+        try:
+            stream = await self._open(prompt, params)
+        except Exception as exc:
+            raise upstream_error(exc) from exc
+        try:
+            async for chunk in stream:
+                delta = reader.read(chunk)
+                if delta is not None:
+                    yield delta
+        except Exception as exc:
+            raise upstream_error(exc) from exc
+        finally:
+            await stream.close()  # on a cancel this drops the upstream connection
+        yield reader.final()
+
+    async def _open(self, prompt: Prompt, params: SamplingParams) -> Any:
+        args = request_args(params) | {"model": self.upstream_model, "stream": True}
+        args["stream_options"] = {"include_usage": True}
+        if prompt.text is not None:
+            return await self._client.completions.create(prompt=prompt.text, **args)
+        messages = [m.model_dump(exclude_none=True) for m in prompt.messages]
+        return await self._client.chat.completions.create(messages=messages, **args)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        if self._client is None:
+            raise EngineError("the openai backend is not started")
+        try:
+            result = await self._client.embeddings.create(model=self.upstream_model, input=texts)
+        except Exception as exc:
+            raise upstream_error(exc) from exc
+        ordered = sorted(result.data, key=lambda d: d.index)
+        return [list(d.embedding) for d in ordered]
+
+
+def request_args(params: SamplingParams) -> dict[str, Any]:
+    """The OpenAI request parameters for a job's sampling parameters."""
+    args: dict[str, Any] = {
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+    }
+    if params.stop:
+        args["stop"] = list(params.stop)
+    if params.seed is not None:
+        args["seed"] = params.seed
+    return args
+
+
+class ChunkReader:
+    """Turns streamed upstream chunks into deltas; keeps the finish reason and usage."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.pieces = 0
+        self.finish_reason: FinishReason | None = None
+        self.usage: Usage | None = None
+
+    def read(self, chunk: Any) -> Delta | None:
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = Usage(
+                prompt_tokens=chunk.usage.prompt_tokens,
+                completion_tokens=chunk.usage.completion_tokens,
+                total_tokens=chunk.usage.total_tokens,
+            )
+        if not chunk.choices:
+            return None
+        choice = chunk.choices[0]
+        if choice.finish_reason is not None:
+            self.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+        text = (choice.delta.content if self.chat else choice.text) or ""
+        if not text:
+            return None
+        self.pieces += 1
+        return Delta(text=text, tokens=1)
+
+    def final(self) -> Delta:
+        if self.finish_reason is None:  # e.g. llama.cpp's server on a prompt over its context
+            raise EngineError("the upstream stream ended without a finish reason")
+        usage = self.usage or Usage(completion_tokens=self.pieces, total_tokens=self.pieces)
+        return Delta(finish_reason=self.finish_reason, usage=usage)
+
+
+def upstream_error(exc: BaseException) -> LLMSpoolError:
+    """An upstream failure as the llmspool error a client should see."""
+    import openai
+
+    if isinstance(exc, LLMSpoolError):
+        return exc
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return ServiceUnavailable(f"the upstream server is unreachable: {exc}")
+    if not isinstance(exc, openai.APIStatusError):
+        return EngineError(f"the upstream stream failed: {exc}")
+    status, message = exc.status_code, f"upstream error {exc.status_code}: {exc.message}"
+    if status in (400, 413, 422):
+        return InvalidRequest(message, param=_param(exc), code="upstream_invalid_request")
+    if status in (401, 403):
+        return EngineError(message, code="upstream_auth")
+    if status == 404:
+        return EngineError(message, code="upstream_not_found")
+    if status == 429:
+        return ServiceUnavailable(message, code="upstream_rate_limited")
+    return EngineError(message, code="upstream_error")
+
+
+def _param(exc: Any) -> str | None:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    detail = body.get("error", body)
+    param = detail.get("param") if isinstance(detail, dict) else None
+    return param if isinstance(param, str) else None
+
+
+def create(model: ModelConfig) -> OpenAIBackend:
+    return OpenAIBackend(model, Options.model_validate(model.options))
