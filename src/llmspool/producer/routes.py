@@ -7,6 +7,7 @@ import base64
 import struct
 import time
 import uuid
+from collections import Counter
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +17,7 @@ from sse_starlette import EventSourceResponse
 from llmspool.producer import responses
 from llmspool.producer.dispatch import Reply
 from llmspool.producer.service import Producer, get_producer
+from llmspool.shared import registry
 from llmspool.shared.config import Capability, ModelConfig
 from llmspool.shared.errors import LLMSpoolError, UnsupportedCapability, UnsupportedParameter
 from llmspool.shared.logs import request_id
@@ -27,6 +29,7 @@ from llmspool.shared.protocol import (
     ErrorResponse,
     Model,
     ModelList,
+    ModelStatus,
     unsupported_parameters,
 )
 from llmspool.shared.redis import UNAVAILABLE
@@ -80,14 +83,16 @@ async def embeddings(body: EmbeddingRequest, request: Request, producer: Produce
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(producer: ProducerDep) -> ModelList:
-    """The configured models."""
-    return ModelList(data=[_model_card(m) for m in producer.config.models])
+    """The configured models; each one's ``llmspool`` field says its backend, what it serves
+    and how many workers serve it now."""
+    live = await _live_workers(producer)
+    return ModelList(data=[_model_card(m, live) for m in producer.config.models])
 
 
 @router.get("/v1/models/{model:path}", response_model=Model, responses=_ERRORS)
 async def get_model(model: str, producer: ProducerDep) -> Model:
     """One configured model."""
-    return _model_card(producer.config.model(model))
+    return _model_card(producer.config.model(model), await _live_workers(producer))
 
 
 @router.get("/health")
@@ -197,5 +202,19 @@ def _encode(vector: list[float], encoding_format: str | None) -> list[float] | s
     return vector
 
 
-def _model_card(model: ModelConfig) -> Model:
-    return Model(id=model.name, created=0)
+async def _live_workers(producer: Producer) -> Counter[str] | None:
+    """Live workers per model from the registry; None when Redis cannot say."""
+    try:
+        workers = await asyncio.wait_for(registry.live_workers(producer.redis), timeout=2)
+    except (TimeoutError, *UNAVAILABLE):
+        return None
+    return Counter(worker.model for worker in workers)
+
+
+def _model_card(model: ModelConfig, live: Counter[str] | None) -> Model:
+    status = ModelStatus(
+        backend=model.backend,
+        capabilities=list(model.capabilities),
+        workers=None if live is None else live[model.name],
+    )
+    return Model(id=model.name, created=0, llmspool=status)

@@ -234,11 +234,22 @@ class Completion(OpenAIBaseModel):
     system_fingerprint: str | None = None
 
 
+class ModelStatus(OpenAIBaseModel):
+    """llmspool extension on a model card: how the model is served."""
+
+    backend: str
+    capabilities: list[str]
+    #: Workers serving it now (from the registry); None when Redis could not say.
+    workers: int | None = None
+
+
 class Model(OpenAIBaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "llmspool"
+    # --- llmspool extensions ---
+    llmspool: ModelStatus | None = None
 
 
 class ModelList(OpenAIBaseModel):
