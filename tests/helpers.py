@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,15 +113,15 @@ class Stack:
             LLMSPOOL_CONFIG=str(self.config),
             LLMSPOOL_PORT=str(self.port),
             LLMSPOOL_DRAIN_TIMEOUT="5",
-            **self.extra_env,
         )
+        env.update(self.extra_env)
         return env
 
-    def spawn(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+    def spawn(self, *args: str, log: str, **env: str) -> subprocess.Popen[bytes]:
         out = open(self.workdir / log, "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [sys.executable, "-m", "llmspool", *args],
-            env=self.env(),
+            env={**self.env(), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
@@ -132,10 +134,10 @@ class Stack:
         wait_until(self._healthy, 30, what=f"API on {self.base_url} (see {self.workdir}/api.log)")
         return process
 
-    def start_worker(self, model: str, wait: bool = True) -> subprocess.Popen[bytes]:
+    def start_worker(self, model: str, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
         before = self.consumers(model)
         process = self.spawn(
-            "worker", "--model", model, log=f"worker-{model.replace('/', '_')}.log"
+            "worker", "--model", model, log=f"worker-{model.replace('/', '_')}.log", **env
         )
         if wait:
             wait_until(
@@ -152,6 +154,21 @@ class Stack:
         client = self.redis.client()
         keys = client.keys("llmspool:worker:*")
         return sum(1 for key in keys if client.hget(key, "model") == model)
+
+    def engine_tokens(self, model: str) -> int:
+        """Tokens the engines of ``model``'s live workers generated (their registry entries)."""
+        client = self.redis.client()
+        keys = client.keys("llmspool:worker:*")
+        return sum(
+            int(client.hget(key, "engine_tokens") or 0)
+            for key in keys
+            if client.hget(key, "model") == model
+        )
+
+    def pending(self, model: str) -> int:
+        """Jobs of ``model`` delivered to a worker and not yet acknowledged."""
+        summary = self.redis.client().xpending(f"llmspool:{{{model}}}:requests", "workers")
+        return int(summary["pending"])
 
     def _healthy(self) -> bool:
         try:
@@ -217,3 +234,62 @@ def scrape(url: str) -> Samples:
         for sample in family.samples:
             dict.__setitem__(samples, (sample.name, frozenset(sample.labels.items())), sample.value)
     return samples
+
+
+@dataclass
+class Event:
+    """One server-sent event."""
+
+    id: str | None
+    data: str
+
+    def json(self) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.data)  # type: ignore[no-any-return]
+
+    @property
+    def text(self) -> str:
+        """The content of a chat chunk ('' for others)."""
+        if self.data == "[DONE]" or not self.data.startswith("{"):
+            return ""
+        choices = self.json().get("choices") or [{}]
+        return choices[0].get("delta", {}).get("content") or choices[0].get("text") or ""
+
+    @property
+    def error(self) -> dict | None:  # type: ignore[type-arg]
+        if not self.data.startswith("{"):
+            return None
+        return self.json().get("error")  # type: ignore[no-any-return]
+
+
+def events(response: httpx.Response) -> Iterator[Event]:
+    """The events of an SSE response, as they arrive."""
+    event_id, data = None, []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield Event(event_id, "\n".join(data))
+            event_id, data = None, []
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield Event(event_id, "\n".join(data))
+
+
+def fake_text(prompt: str, tokens: int, seed: int | None = None) -> str:
+    """What the fake engine answers to a one-message chat ``prompt`` in ``tokens`` tokens."""
+    from llmspool.consumers.backends.fake import token_stream
+
+    words = token_stream(prompt, seed)
+    return "".join(next(words) for _ in range(tokens))
+
+
+def chat(model: str, prompt: str, tokens: int, **extra: object) -> dict[str, object]:
+    """A chat request body."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        **extra,
+    }

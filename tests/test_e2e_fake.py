@@ -76,9 +76,10 @@ def test_raw_sse_framing(fake_stack: Stack) -> None:
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
     events = [e for e in raw.split("\n\n") if e and not e.startswith(":")]
-    assert all(e.startswith("data: ") for e in events)
+    # every event but [DONE] carries an id (resumable streams), then its data
+    assert all(e.startswith("id: ") and "\ndata: " in e for e in events[:-1])
     assert events[-1] == "data: [DONE]"
-    payloads = [json.loads(e[len("data: ") :]) for e in events[:-1]]
+    payloads = [json.loads(e.split("\ndata: ", 1)[1]) for e in events[:-1]]
     assert all(p["object"] == "chat.completion.chunk" for p in payloads)
     assert payloads[-1]["choices"][0]["finish_reason"] == "length"
 

@@ -4,6 +4,11 @@ Each job writes into a :class:`ReplyStream`. Text that arrives within ``coalesce
 the last flush leaves as one frame; a request's first text and its final frame never wait. One
 flusher task sends the frames of every running job in a single pipeline, so many jobs cost one
 Redis round trip per flush instead of one per token.
+
+Every frame is also appended to the request's reply log (``llmspool:replylog:<id>``, a stream
+with a TTL) just before it is published, in the same pipeline: a subscriber that sees a frame
+can always find it, and every earlier one, in the log. The log makes streams resumable
+(``Last-Event-ID``) and lets an API process recover frames pub/sub lost.
 """
 
 from __future__ import annotations
@@ -18,19 +23,28 @@ from redis.asyncio import Redis
 from llmspool.shared import keys
 from llmspool.shared.messages import ReplyFrame, WireError
 from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.redis import UNAVAILABLE
 
 log = logging.getLogger(__name__)
+
+_RETRY_DELAY = 0.2  # seconds between tries to publish while Redis is away
 
 
 class ReplyStream:
     """The reply of one job attempt, buffered until the publisher flushes it."""
 
     def __init__(
-        self, publisher: ReplyPublisher, request_id: str, attempt: int, started_at: float
+        self,
+        publisher: ReplyPublisher,
+        request_id: str,
+        attempt: int,
+        deadline: float,
+        started_at: float,
     ) -> None:
         self._publisher = publisher
         self.request_id = request_id
         self.attempt = attempt
+        self.deadline = deadline
         self.started_at = started_at
         self.first_text_at: float | None = None
         self.seq = 0
@@ -83,21 +97,26 @@ class ReplyStream:
 class ReplyPublisher:
     """One flusher task per worker; every job's frames leave through it."""
 
-    def __init__(self, redis: Redis, coalesce: float, worker_id: str) -> None:
+    def __init__(self, redis: Redis, coalesce: float, worker_id: str, log_ttl: int = 300) -> None:
         self._redis = redis
         self._coalesce = coalesce
         self._worker_id = worker_id
+        self._log_ttl = log_ttl
         self._dirty: dict[ReplyStream, None] = {}
         self._waiters: dict[ReplyStream, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._urgent = False
         self._task: asyncio.Task[None] | None = None
+        self._unsent: list[tuple[ReplyStream, ReplyFrame]] = []
+        self._unsettled: list[asyncio.Future[None]] = []
         #: frames and tokens published since start (metrics read these)
         self.frames_sent = 0
         self.tokens_sent = 0
 
-    def stream(self, request_id: str, attempt: int, started_at: float | None = None) -> ReplyStream:
-        return ReplyStream(self, request_id, attempt, started_at or time.time())
+    def stream(
+        self, request_id: str, attempt: int, deadline: float, started_at: float | None = None
+    ) -> ReplyStream:
+        return ReplyStream(self, request_id, attempt, deadline, started_at or time.time())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reply-publisher")
@@ -130,33 +149,54 @@ class ReplyPublisher:
 
     async def _flush(self) -> None:
         dirty, self._dirty = list(self._dirty), {}
-        frames = [(s, f) for s in dirty if (f := s.take_frame()) is not None]
-        waiters = [(s, self._waiters.pop(s)) for s in dirty if s in self._waiters]
-        error: BaseException | None = None
+        frames = self._unsent + [(s, f) for s in dirty if (f := s.take_frame()) is not None]
+        waiters = self._unsettled + [self._waiters.pop(s) for s in dirty if s in self._waiters]
+        self._unsent, self._unsettled = [], []
         try:
-            await self._send([frame for _, frame in frames])
+            await self._send(frames)
+        except UNAVAILABLE as exc:
+            # Redis is away: keep the frames, in order, and try again; the jobs waiting on
+            # their final frame wait with them (a resent frame is dropped by its reader).
+            log.warning("publishing %d reply frames failed, retrying: %s", len(frames), exc)
+            self._unsent, self._unsettled = frames, waiters
+            await asyncio.sleep(_RETRY_DELAY)
+            self._mark_retry()
+            return
         except Exception as exc:
             log.warning("publishing %d reply frames failed: %s", len(frames), exc)
-            error = exc
-        for _, waiter in waiters:
-            if not waiter.done():
-                _settle(waiter, error)
+            _settle_all(waiters, exc)
+            return
+        _settle_all(waiters, None)
 
-    async def _send(self, frames: list[ReplyFrame]) -> None:
+    def _mark_retry(self) -> None:
+        self._urgent = True
+        self._wake.set()
+
+    async def _send(self, frames: list[tuple[ReplyStream, ReplyFrame]]) -> None:
         if not frames:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for frame in frames:
+        now = time.time()
+        for stream, frame in frames:
             if frame.seq == 1 or frame.final:
                 frame.worker = self._worker_id
-            pipe.publish(keys.reply_channel(frame.request_id), frame.dumps())
+            data = frame.dumps()
+            log_key = keys.reply_log(frame.request_id)
+            pipe.xadd(log_key, {"f": data})
+            # The TTL is refreshed now and then, not per frame: the log must outlive the job.
+            if frame.seq == 1 or frame.final or frame.seq % 16 == 0:
+                pipe.expire(log_key, self._log_ttl + max(0, int(stream.deadline - now)))
+            pipe.publish(keys.reply_channel(frame.request_id), data)
             self.tokens_sent += frame.tokens
         await pipe.execute()
         self.frames_sent += len(frames)
 
 
-def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
-    if error is None:
-        waiter.set_result(None)
-    else:
-        waiter.set_exception(error)
+def _settle_all(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)

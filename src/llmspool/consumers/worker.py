@@ -1,12 +1,14 @@
 """The worker: serves one model with one backend, reading its stream through a consumer group.
 
 Lifecycle (as uvicorn's): :meth:`Worker.serve` runs ``startup`` (load the model, join the
-group, start the publisher and the cancel listener), ``main_loop`` (XREADGROUP as many jobs as
-there are free slots, run each in a task) and ``shutdown`` (stop reading, let running jobs
-finish for ``drain_timeout``, hand back the rest by leaving them unacknowledged). SIGTERM and
-SIGINT start the shutdown.
+group, start the publisher, the cancel listener and the upkeep task), ``main_loop`` (take over
+jobs whose worker died, else XREADGROUP as many jobs as there are free slots; run each in a
+task) and ``shutdown`` (stop reading, let running jobs finish for ``drain_timeout``, hand back
+the rest). SIGTERM and SIGINT start the shutdown.
 
-A job is acknowledged only after its final frame is published.
+A job is acknowledged only after its final frame is published. A job whose engine raised is
+handed back for another attempt; after ``max_attempts`` it goes to the dead stream (see
+:mod:`llmspool.consumers.delivery` for leases, attempts and trimming).
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from llmspool.consumers.backends.base import Backend
+from llmspool.consumers.delivery import Deliveries, Entry
 from llmspool.consumers.publisher import ReplyPublisher, ReplyStream
 from llmspool.shared import keys, registry
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import DeadlineExceeded, EngineError, LLMSpoolError
+from llmspool.shared.errors import DeadlineExceeded, JobFailed, LLMSpoolError
 from llmspool.shared.logs import request_id
-from llmspool.shared.messages import Job, JobKind, UnknownSchema, WireError, decode_fields
+from llmspool.shared.messages import Job, JobKind, UnknownSchema, WireError
 from llmspool.shared.metrics import MetricsServer, WorkerMetrics
 from llmspool.shared.protocol import EmbeddingRequest, Usage
 from llmspool.shared.redis import UNAVAILABLE
@@ -40,6 +43,7 @@ from llmspool.shared.settings import Settings
 log = logging.getLogger(__name__)
 
 _WILDCARDS = ("0.0.0.0", "::", "")
+_UPKEEP_MAX = 1.0  # seconds
 _CANCEL_MEMORY = 10_000  # ids of cancelled requests remembered to skip them if still queued
 
 
@@ -59,12 +63,21 @@ class Worker:
         self.redis = redis
         self.id = new_worker_id(model.name)
         self.capacity = backend.max_concurrency
-        self.publisher = ReplyPublisher(redis, settings.coalesce_ms / 1000, self.id)
-        self.running: dict[str, asyncio.Task[None]] = {}
+        self.publisher = ReplyPublisher(
+            redis, settings.coalesce_ms / 1000, self.id, settings.replylog_ttl
+        )
+        self.deliveries = Deliveries(redis, model.name, self.id, settings.lease)
+        self.running: dict[str, tuple[Entry, asyncio.Task[None]]] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()
+        self._lost: set[str] = set()
         self._slot_freed = asyncio.Event()
         self._exiting = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # leases kept and takeovers looked for every lease/4, the streams trimmed as often
+        self._upkeep_every = min(settings.lease / 4, _UPKEEP_MAX)
+        self._next_reclaim = 0.0
+        # a blocked read must end well before a command times out
+        self._block_ms = max(1, min(settings.block_ms, int(settings.redis_timeout * 500)))
         self.jobs_done = 0
         self.metrics = WorkerMetrics(
             model.name,
@@ -106,6 +119,7 @@ class Worker:
         self._tasks.append(asyncio.create_task(self._listen_cancels(), name="cancels"))
         await registry.beat(self.redis, self.info)
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
         log.info("worker %s serving %s (capacity %d)", self.id, self.model.name, self.capacity)
 
     async def main_loop(self) -> None:
@@ -115,15 +129,15 @@ class Worker:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
-            for stream, entry_id, fields in await self._read(free):
-                self._spawn(stream, entry_id, fields)
+            for entry in await self._next_entries(free):
+                self._spawn(entry)
 
     async def shutdown(self) -> None:
         log.info("worker %s draining %d running jobs", self.id, len(self.running))
-        pending = list(self.running.values())
+        pending = [task for _, task in self.running.values()]
         if pending:
             _, still = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
-            for task in still:  # handed back: left unacknowledged, reclaimed by another worker
+            for task in still:  # handed back (see _interrupted): another worker takes it now
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
         for task in self._tasks:
@@ -158,79 +172,149 @@ class Worker:
             await asyncio.sleep(registry.HEARTBEAT_SECONDS)
             self.info.in_flight = len(self.running)
             self.info.state = "draining" if self._exiting.is_set() else "serving"
+            self.info.engine_tokens = getattr(self.backend, "tokens_generated", 0)
             try:
                 await registry.beat(self.redis, self.info)
             except UNAVAILABLE as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    async def _upkeep(self) -> None:
+        """Keep the leases of running jobs, stop those taken over, trim the streams."""
+        while True:
+            await asyncio.sleep(self._upkeep_every)
+            try:
+                await self._keep_leases()
+                await self.deliveries.trim()
+            except (ResponseError, *UNAVAILABLE) as exc:
+                log.warning("upkeep failed: %s", exc)
+
+    async def _keep_leases(self) -> None:
+        held = {(e.stream, e.id): rid for rid, (e, _) in self.running.items()}
+        for stream_entry in await self.deliveries.touch(list(held)):
+            request_id = held[stream_entry]
+            log.warning("job %s was taken over by another worker; stopping it", request_id)
+            self._lost.add(request_id)
+            if request_id in self.running:
+                self.running[request_id][1].cancel()
+
     # ------------------------------------------------------------------ reading
 
-    async def _read(self, count: int) -> list[tuple[str, str, dict[str, str]]]:
-        stream = keys.requests_stream(self.model.name)
+    async def _next_entries(self, free: int) -> list[Entry]:
+        """Jobs whose worker died first (every lease/4), else new ones."""
         try:
-            reply = await self.redis.xreadgroup(
-                keys.GROUP, self.id, {stream: ">"}, count=count, block=self.settings.block_ms
-            )
+            now = asyncio.get_running_loop().time()
+            if now >= self._next_reclaim:
+                self._next_reclaim = now + self._upkeep_every
+                reclaimed = await self.deliveries.reclaim(free)
+                if reclaimed:
+                    return reclaimed
+            return await self.deliveries.read(free, self._block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             await ensure_groups(self.redis, self.model.name)
-            return []
         except UNAVAILABLE as exc:
             log.warning("redis unavailable while reading jobs: %s", exc)
             await asyncio.sleep(0.5)
-            return []
-        return [
-            (stream, _text(entry_id), decode_fields(fields))
-            for _, entries in reply or []
-            for entry_id, fields in entries
-        ]
+        return []
 
-    def _spawn(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
-        request_id = fields.get("request_id", entry_id)
-        task = asyncio.create_task(self._handle(stream, entry_id, fields), name=request_id)
-        self.running[request_id] = task
+    def _spawn(self, entry: Entry) -> None:
+        request_id = entry.request_id
+        task = asyncio.create_task(self._handle(entry), name=request_id)
+        self.running[request_id] = (entry, task)
         task.add_done_callback(lambda _: self._finished(request_id))
 
     def _finished(self, request_id: str) -> None:
         self.running.pop(request_id, None)
+        self._lost.discard(request_id)
         self.jobs_done += 1
         self._slot_freed.set()
 
-    # ------------------------------------------------------------------ running jobs
+    # ------------------------------------------------------------------ settling jobs
 
-    async def _handle(self, stream: str, entry_id: str, fields: dict[str, str]) -> None:
+    async def _handle(self, entry: Entry) -> None:
         try:
-            job = Job.from_fields(fields)
+            await self._settle(entry)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self._interrupted(entry)
+        except UNAVAILABLE as exc:  # stays pending: reclaimed and settled once Redis is back
+            log.warning("redis unavailable settling %s: %s", entry.request_id, exc)
+
+    async def _settle(self, entry: Entry) -> None:
+        try:
+            job = Job.from_fields(entry.fields, attempt=entry.delivery)
         except UnknownSchema as exc:
-            log.warning("job %s left for a newer worker: %s", entry_id, exc)
+            await self._not_mine(entry, str(exc))
             return
         except Exception as exc:  # a malformed entry must not wedge the queue
-            log.error("dropping malformed job %s: %s", entry_id, exc)
-            await self._ack(stream, entry_id)
+            await self.deliveries.bury(entry, f"malformed job entry: {exc}")
             return
-        if await self._run(job):
-            await self._ack(stream, entry_id)
-
-    async def _run(self, job: Job) -> bool:
-        """Run ``job``; True when it is settled and may be acknowledged."""
         if job.request_id in self._cancelled:
             self.metrics.settled("cancelled")
-            return True
-        request_id.set(job.request_id)
-        reply = self.publisher.stream(job.request_id, job.attempt, time.time())
-        try:
-            await self._attempt(job, reply)
-        except asyncio.CancelledError:
-            if self._exiting.is_set() and job.request_id not in self._cancelled:
-                raise  # shutting down: hand the job back unacknowledged
-            self.metrics.settled("cancelled")
-            return True
-        self._observe(reply)
-        return True
+            await self.deliveries.ack(entry)
+        elif entry.attempts > self.model.max_attempts:
+            await self._give_up(entry, job, await self.deliveries.last_error(entry))
+        else:
+            await self._attempt(entry, job)
 
-    async def _attempt(self, job: Job, reply: ReplyStream) -> None:
-        """Run one attempt of ``job``; every failure ends as an error frame."""
+    async def _attempt(self, entry: Entry, job: Job) -> None:
+        request_id.set(job.request_id)
+        reply = self.publisher.stream(job.request_id, job.attempt, job.deadline)
+        failure = await self._run(job, reply)
+        if failure is None:
+            self._observe(reply)
+            await self.deliveries.ack(entry)
+        elif entry.attempts >= self.model.max_attempts:
+            await self._give_up(entry, job, failure, reply)
+            self._observe(reply)
+        else:
+            log.warning("job %s failed (attempt %d): %s", job.request_id, entry.attempts, failure)
+            self.metrics.settled("retried")
+            await self.deliveries.note_error(entry, failure)
+            await self.deliveries.hand_back(entry, counts=True)
+
+    async def _interrupted(self, entry: Entry) -> None:
+        """The job's task was cancelled: by its client, by a takeover, or by shutdown."""
+        request_id = entry.request_id
+        if request_id in self._cancelled:
+            self.metrics.settled("cancelled")
+            await self.deliveries.ack(entry)
+        elif request_id not in self._lost:
+            log.info("handing back %s", request_id)
+            await self.deliveries.hand_back(entry, counts=False)
+
+    async def _give_up(
+        self, entry: Entry, job: Job, error: str | None, reply: ReplyStream | None = None
+    ) -> None:
+        error = error or (
+            f"its worker stopped (killed, or stalled past the {self.settings.lease:g} s lease) "
+            "while running it"
+        )
+        failed = JobFailed(
+            f"The request failed {self.model.max_attempts} times and was moved to the dead "
+            f"stream; last error: {error}"
+        )
+        reply = reply or self.publisher.stream(job.request_id, job.attempt, job.deadline)
+        await reply.finish(error=WireError.of(failed))
+        await self.deliveries.bury(entry, error)
+
+    async def _not_mine(self, entry: Entry, why: str) -> None:
+        """A job of a schema this worker cannot read: hand it back unrun for a newer worker,
+        without counting an attempt; once its deadline passed, settle it as expired."""
+        deadline = _float(entry.fields.get("deadline"))
+        if deadline is None or time.time() <= deadline:
+            log.warning("job %s handed back for a newer worker: %s", entry.request_id, why)
+            await self.deliveries.hand_back(entry, counts=False)
+            return
+        expired = WireError.of(_deadline_error("no worker that reads its schema took it in time"))
+        await self.publisher.stream(entry.request_id, entry.delivery, deadline).finish(
+            error=expired
+        )
+        await self.deliveries.ack(entry)
+
+    async def _run(self, job: Job, reply: ReplyStream) -> str | None:
+        """Run ``job``; None when it is settled, else why it failed (worth another attempt)."""
         try:
             if job.expired():
                 raise _deadline_error("its deadline passed while it was queued")
@@ -242,9 +326,12 @@ class Worker:
             )
         except LLMSpoolError as exc:
             await reply.finish(error=WireError.of(exc))
+        except UNAVAILABLE:
+            raise
         except Exception as exc:
             log.exception("job %s failed", job.request_id)
-            await reply.finish(error=WireError.of(EngineError(f"engine error: {exc}")))
+            return f"engine error: {type(exc).__name__}: {exc}"
+        return None
 
     def _observe(self, reply: ReplyStream) -> None:
         """Engine-side metrics of a settled attempt."""
@@ -283,12 +370,6 @@ class Worker:
             embeddings=vectors, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
         )
 
-    async def _ack(self, stream: str, entry_id: str) -> None:
-        try:
-            await self.redis.xack(stream, keys.GROUP, entry_id)
-        except UNAVAILABLE as exc:  # stays pending; reclaimed and settled again later
-            log.warning("could not acknowledge %s: %s", entry_id, exc)
-
     # ------------------------------------------------------------------ cancellation
 
     async def _listen_cancels(self) -> None:
@@ -296,8 +377,10 @@ class Worker:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.CANCEL_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
+                    while True:
+                        # a bounded wait: an idle subscription must not read as a timeout
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None and message["type"] == "message":
                             self.cancel(_text(message["data"]))
             except UNAVAILABLE as exc:
                 log.warning("cancel listener lost redis: %s", exc)
@@ -308,9 +391,9 @@ class Worker:
         self._cancelled[request_id] = None
         if len(self._cancelled) > _CANCEL_MEMORY:
             self._cancelled.popitem(last=False)
-        task = self.running.get(request_id)
-        if task is not None:
-            task.cancel()
+        held = self.running.get(request_id)
+        if held is not None:
+            held[1].cancel()
 
 
 async def ensure_groups(redis: Redis, model: str) -> None:
@@ -330,6 +413,13 @@ def _deadline_error(why: str) -> LLMSpoolError:
 
 def _loop_time_at(wall: float) -> float:
     return asyncio.get_running_loop().time() + (wall - time.time())
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _text(value: Any) -> str:

@@ -40,7 +40,8 @@ def run_api(settings: Settings, config: Config) -> None:
         port=settings.port,
         log_level="warning",
         log_config=None,  # uvicorn's records go through llmspool's handler (text or JSON)
-        timeout_graceful_shutdown=int(settings.drain_timeout),
+        # open SSE streams get drain_timeout (see routes._stream); this bounds the rest
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 2,
         loop="auto",
         http="auto",
     )

@@ -101,7 +101,9 @@ class ReplyRelay:
         if pubsub is None:
             return
         while True:
-            message = await pubsub.get_message(timeout=None)
+            # A bounded wait: with no message for a while an unbounded read would hit the
+            # socket timeout; a lost connection reconnects here and re-subscribes every channel.
+            message = await pubsub.get_message(timeout=1.0)
             if message is not None:
                 self._route(message)
 

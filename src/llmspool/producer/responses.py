@@ -1,15 +1,22 @@
-"""Turning reply frames into OpenAI responses: whole objects and SSE chunks."""
+"""Turning reply frames into OpenAI responses: whole objects and SSE chunks.
+
+Every SSE event of a reply carries an ``id:`` line, ``<attempt>.<seq>.<k>``: the ``k``-th event
+made from frame ``seq`` of delivery ``attempt`` (the opening event is ``0.0.0``). Events are a
+pure function of the frames, which the reply log keeps, so a client that reconnects with
+``Last-Event-ID`` gets exactly the events after that one: no gap, no duplicate.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import orjson
 
 from llmspool.producer.dispatch import Reply
-from llmspool.shared.errors import LLMSpoolError
-from llmspool.shared.messages import ReplyFrame
+from llmspool.shared.errors import InvalidRequest, LLMSpoolError
+from llmspool.shared.messages import JobKind, ReplyFrame, ReplyMeta
 from llmspool.shared.protocol import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -23,11 +30,14 @@ from llmspool.shared.protocol import (
 DONE = b"data: [DONE]\n\n"
 
 
+EventId = tuple[int, int, int]
+
+
 def chat_completion(reply: Reply, text: str, final: ReplyFrame) -> ChatCompletion:
     return ChatCompletion(
-        id=reply.job.request_id,
-        created=int(reply.job.enqueued_at),
-        model=reply.job.model,
+        id=reply.meta.request_id,
+        created=int(reply.meta.created),
+        model=reply.meta.model,
         choices=[
             ChatCompletionChoice(
                 message=ChatCompletionMessage(content=text), finish_reason=final.finish_reason
@@ -39,9 +49,9 @@ def chat_completion(reply: Reply, text: str, final: ReplyFrame) -> ChatCompletio
 
 def completion(reply: Reply, text: str, final: ReplyFrame) -> Completion:
     return Completion(
-        id=reply.job.request_id,
-        created=int(reply.job.enqueued_at),
-        model=reply.job.model,
+        id=reply.meta.request_id,
+        created=int(reply.meta.created),
+        model=reply.meta.model,
         choices=[CompletionChoice(text=text, finish_reason=final.finish_reason)],
         usage=final.usage or Usage(),
     )
@@ -50,14 +60,14 @@ def completion(reply: Reply, text: str, final: ReplyFrame) -> Completion:
 class ChunkWriter:
     """Builds the SSE events of one streamed reply (chat or text completion)."""
 
-    def __init__(self, reply: Reply, *, chat: bool, include_usage: bool) -> None:
-        self.chat = chat
-        self.include_usage = include_usage
+    def __init__(self, meta: ReplyMeta) -> None:
+        self.chat = meta.kind is JobKind.CHAT
+        self.include_usage = meta.include_usage
         self._head = {
-            "id": reply.job.request_id,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(reply.job.enqueued_at),
-            "model": reply.job.model,
+            "id": meta.request_id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(meta.created),
+            "model": meta.model,
         }
 
     def _event(self, choices: list[dict[str, object]], usage: Usage | None = None) -> bytes:
@@ -98,27 +108,50 @@ def event(body: object) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
-async def sse_events(reply: Reply, writer: ChunkWriter) -> AsyncIterator[bytes]:
-    """The SSE events of a streamed reply; errors become an error event, then the stream ends.
-    Frames that are already waiting leave in one write. Leaving early (client gone) cancels
-    the job."""
+def _with_id(event_id: str, data: bytes) -> bytes:
+    return b"id: " + event_id.encode() + b"\n" + data
+
+
+async def sse_events(
+    reply: Reply, writer: ChunkWriter, after: EventId | None = None
+) -> AsyncIterator[bytes]:
+    """The SSE events of a reply, each with its id, skipping those up to ``after``; errors
+    become an error event, then the stream ends. Frames that are already waiting leave in one
+    write. Leaving early (client gone) cancels the job when this process enqueued it."""
+    after = after or (-1, 0, 0)
     pending: list[bytes] = []
     try:
         opening = writer.opening()
-        if opening is not None:
-            yield opening
+        if opening is not None and after < (0, 0, 0):
+            yield _with_id("0.0.0", opening)
         async for frame in reply.frames():
             if frame.error is not None:
                 raise frame.error.to_exception()
-            pending += writer.frame(frame)
-            if not reply.ready():
+            for k, data in enumerate(writer.frame(frame)):
+                if (frame.attempt, frame.seq, k) > after:
+                    pending.append(_with_id(f"{frame.attempt}.{frame.seq}.{k}", data))
+            if pending and not reply.ready():
                 yield b"".join(pending)
                 pending = []
         yield b"".join(pending) + DONE
     except LLMSpoolError as exc:
         yield b"".join(pending) + event(exc.to_dict())
     finally:
-        await reply.close()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await reply.close()
+
+
+def parse_event_id(text: str | None) -> EventId | None:
+    """A ``Last-Event-ID`` as sent by :func:`sse_events`."""
+    if not text:
+        return None
+    try:
+        attempt, seq, k = (int(part) for part in text.split("."))
+    except ValueError:
+        raise InvalidRequest(
+            f"Last-Event-ID '{text}' is not an event id of this API.", param="Last-Event-ID"
+        ) from None
+    return attempt, seq, k
 
 
 def now() -> int:

@@ -1,4 +1,16 @@
-"""The OpenAI routes: chat completions, completions, embeddings, models; and /health."""
+"""The OpenAI routes: chat completions, completions, embeddings, models; and /health.
+
+llmspool's own request extensions are HTTP headers, so request bodies stay OpenAI's:
+
+- ``X-LLMSpool-Timeout: <seconds>``: this request's deadline (else the model's ``timeout``,
+  else ``LLMSPOOL_REQUEST_TIMEOUT``); a request not served by then gets a 504.
+- ``Idempotency-Key: <text>``: a repeat of the request (same body) returns the first one's
+  reply instead of enqueueing again, from any API process, while the reply log is kept.
+
+and two routes follow a request some API process already enqueued, by its id (the ``id`` of
+its completion): ``GET /v1/requests/{id}/events`` (SSE, resumable with ``Last-Event-ID``) and
+``GET /v1/requests/{id}`` (the whole reply, waiting for it if needed).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +22,7 @@ import uuid
 from collections import Counter
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from sse_starlette import EventSourceResponse
 
@@ -19,7 +31,12 @@ from llmspool.producer.dispatch import Reply
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry
 from llmspool.shared.config import Capability, ModelConfig
-from llmspool.shared.errors import LLMSpoolError, UnsupportedCapability, UnsupportedParameter
+from llmspool.shared.errors import (
+    InvalidRequest,
+    LLMSpoolError,
+    UnsupportedCapability,
+    UnsupportedParameter,
+)
 from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
 from llmspool.shared.protocol import (
@@ -40,6 +57,8 @@ ProducerDep = Annotated[Producer, Depends(get_producer)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 429, 500, 503, 504)
 }
+TIMEOUT_HEADER = "x-llmspool-timeout"
+IDEMPOTENCY_HEADER = "idempotency-key"
 
 
 @router.post("/v1/chat/completions", response_model=None, responses=_ERRORS)
@@ -47,38 +66,47 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, producer: ProducerDep
 ) -> Response:
     """Create a chat completion, streamed (SSE) or not."""
-    reply = await _submit(producer, body, JobKind.CHAT, "chatcmpl")
+    reply = await _submit(producer, request, body, JobKind.CHAT, "chatcmpl")
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(reply, chat=True, include_usage=include_usage)
-    text, final = await _collect(request, reply)
-    return JSONResponse(responses.chat_completion(reply, text, final).model_dump())
+        return _stream(producer, reply)
+    return await _whole(request, reply)
 
 
 @router.post("/v1/completions", response_model=None, responses=_ERRORS)
 async def completions(body: CompletionRequest, request: Request, producer: ProducerDep) -> Response:
     """Create a text completion, streamed (SSE) or not."""
-    reply = await _submit(producer, body, JobKind.COMPLETION, "cmpl")
+    reply = await _submit(producer, request, body, JobKind.COMPLETION, "cmpl")
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _stream(reply, chat=False, include_usage=include_usage)
-    text, final = await _collect(request, reply)
-    return JSONResponse(responses.completion(reply, text, final).model_dump())
+        return _stream(producer, reply)
+    return await _whole(request, reply)
 
 
 @router.post("/v1/embeddings", response_model=None, responses=_ERRORS)
 async def embeddings(body: EmbeddingRequest, request: Request, producer: ProducerDep) -> Response:
     """Embed one text or a list of texts."""
-    reply = await _submit(producer, body, JobKind.EMBEDDING, "embd")
+    reply = await _submit(producer, request, body, JobKind.EMBEDDING, "embd")
     _, final = await _collect(request, reply)
-    vectors = final.embeddings or []
-    data = [
-        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
-        for i, v in enumerate(vectors)
-    ]
-    usage = final.usage.model_dump() if final.usage else {"prompt_tokens": 0, "total_tokens": 0}
-    usage.pop("completion_tokens", None)
-    return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
+    return _embedding_list(reply, final, body.encoding_format)
+
+
+@router.get("/v1/requests/{request_id}/events", response_model=None, responses=_ERRORS)
+async def request_events(
+    request_id: str,
+    producer: ProducerDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The reply of an enqueued request as SSE chunks, from the event after
+    ``Last-Event-ID`` (from the start without it)."""
+    after = responses.parse_event_id(last_event_id)
+    reply = await producer.dispatcher.follow(request_id)
+    return _stream(producer, reply, after)
+
+
+@router.get("/v1/requests/{request_id}", response_model=None, responses=_ERRORS)
+async def request_result(request_id: str, request: Request, producer: ProducerDep) -> Response:
+    """The whole reply of an enqueued request, once it is finished."""
+    reply = await producer.dispatcher.follow(request_id)
+    return await _whole(request, reply)
 
 
 @router.get("/v1/models", response_model=ModelList)
@@ -116,29 +144,62 @@ _KIND_CAPABILITY: dict[JobKind, Capability] = {
 
 async def _submit(
     producer: Producer,
+    request: Request,
     body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
     kind: JobKind,
     prefix: str,
 ) -> Reply:
     model = producer.config.model(body.model)
+    dispatcher = producer.dispatcher
     job = Job(
         request_id=f"{prefix}-{uuid.uuid4().hex}",
         kind=kind,
         model=model.name,
         body=body,
         enqueued_at=time.time(),
-        deadline=producer.dispatcher.deadline(model),
+        deadline=dispatcher.deadline(model, _timeout(request)),
     )
     request_id.set(job.request_id)
+    key = _idempotency_key(request)
+    if key is not None and (first := await dispatcher.remember(key, job)) is not None:
+        return await dispatcher.follow(first)  # a repeat: the first request's reply
     trace = producer.observer.trace(job, model.backend)
     try:
         _check(body, model, kind)
-        return await producer.dispatcher.submit(job, trace)
+        await dispatcher.admit(model)
+        return await dispatcher.submit(job, trace, key)
     except BaseException as exc:  # refused before a worker saw it: still one log record
         if isinstance(exc, LLMSpoolError):
             trace.fail(exc)
         trace.finish()
+        if key is not None:
+            await dispatcher.forget(key)
         raise
+
+
+def _timeout(request: Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 1e7:
+        raise InvalidRequest(
+            f"{TIMEOUT_HEADER} must be a positive number of seconds, not '{raw}'.",
+            param=TIMEOUT_HEADER,
+        )
+    return seconds
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 0 < len(key) <= 255:
+        raise InvalidRequest(
+            "Idempotency-Key must be 1 to 255 characters.", param=IDEMPOTENCY_HEADER
+        )
+    return key
 
 
 def _check(body: Any, model: ModelConfig, kind: JobKind) -> None:
@@ -164,13 +225,38 @@ def _check(body: Any, model: ModelConfig, kind: JobKind) -> None:
         )
 
 
-def _stream(reply: Reply, *, chat: bool, include_usage: bool) -> EventSourceResponse:
-    writer = responses.ChunkWriter(reply, chat=chat, include_usage=include_usage)
+def _stream(
+    producer: Producer, reply: Reply, after: responses.EventId | None = None
+) -> EventSourceResponse:
+    writer = responses.ChunkWriter(reply.meta)
     return EventSourceResponse(
-        responses.sse_events(reply, writer),
+        responses.sse_events(reply, writer, after),
         sep="\n",
-        headers={"x-request-id": reply.job.request_id},
+        headers={"x-request-id": reply.request_id},
+        # on SIGTERM, open streams may finish for the drain timeout before being cut
+        shutdown_grace_period=producer.settings.drain_timeout,
     )
+
+
+async def _whole(request: Request, reply: Reply) -> Response:
+    """The reply as one OpenAI object: chat completion, completion or embedding list."""
+    text, final = await _collect(request, reply)
+    if reply.meta.kind is JobKind.CHAT:
+        return JSONResponse(responses.chat_completion(reply, text, final).model_dump())
+    if reply.meta.kind is JobKind.COMPLETION:
+        return JSONResponse(responses.completion(reply, text, final).model_dump())
+    return _embedding_list(reply, final, None)
+
+
+def _embedding_list(reply: Reply, final: ReplyFrame, encoding_format: str | None) -> Response:
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, encoding_format)}
+        for i, v in enumerate(final.embeddings or [])
+    ]
+    usage = final.usage.model_dump() if final.usage else {"prompt_tokens": 0, "total_tokens": 0}
+    usage.pop("completion_tokens", None)
+    body = {"object": "list", "data": data, "model": reply.meta.model, "usage": usage}
+    return JSONResponse(body)
 
 
 async def _collect(request: Request, reply: Reply) -> tuple[str, ReplyFrame]:

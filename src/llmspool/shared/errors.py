@@ -6,12 +6,16 @@
     ├── InvalidRequest            400 invalid_request_error
     │   ├── UnsupportedParameter  400 invalid_request_error, param = the parameter
     │   └── UnsupportedCapability 400 invalid_request_error (model cannot do this kind of request)
+    │   └── IdempotencyConflict   400 an Idempotency-Key reused for a different request
     ├── ModelNotFound             404 invalid_request_error, code model_not_found
+    ├── RequestNotFound           404 a request id whose reply log is unknown or expired
     ├── QueueFull                 429 rate_limit_error, Retry-After
     ├── ServiceUnavailable        503 service_unavailable (Redis away, model offline)
     ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
     ├── ConfigError               a models file or setting is wrong (raised at start, not served)
     └── EngineError               500 engine_error (the backend failed the job)
+        ├── JobFailed             500 job_failed (failed max_attempts times; in the dead stream)
+        └── StreamInterrupted     500 stream_interrupted (a streamed reply cannot go on)
 
 Errors a client retry cannot fix carry ``x-should-retry: false`` so the openai SDK does not
 retry them.
@@ -78,6 +82,29 @@ class ModelNotFound(LLMSpoolError):
         super().__init__(f"The model '{model}' does not exist.", param="model")
 
 
+class IdempotencyConflict(InvalidRequest):
+    default_code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used for a different request.",
+            param="Idempotency-Key",
+        )
+
+
+class RequestNotFound(LLMSpoolError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "request_not_found"
+    should_retry = False
+
+    def __init__(self, request_id: str):
+        super().__init__(
+            f"No reply is kept for request '{request_id}': unknown, or expired.",
+            param="request_id",
+        )
+
+
 class QueueFull(LLMSpoolError):
     status_code = 429
     error_type = "rate_limit_error"
@@ -110,6 +137,20 @@ class EngineError(LLMSpoolError):
     default_code = "engine_error"
 
 
+class JobFailed(EngineError):
+    """The job failed (or killed its worker) ``max_attempts`` times; it is in the dead stream."""
+
+    default_code = "job_failed"
+    should_retry = False
+
+
+class StreamInterrupted(EngineError):
+    """The worker of a streamed reply failed after sending text; the retry's text cannot be
+    spliced into the stream. Retrying the whole request can succeed."""
+
+    default_code = "stream_interrupted"
+
+
 class ConfigError(LLMSpoolError):
     """A models file or a setting is wrong; raised at start with the offending key named."""
 
@@ -122,7 +163,7 @@ def from_wire(kind: str, message: str, code: str | None, param: str | None) -> L
     """Rebuild an error that crossed Redis in a reply frame (``kind`` is its class name)."""
     by_name = {cls.__name__: cls for cls in _subclasses(LLMSpoolError)}
     cls = by_name.get(kind, EngineError)
-    if cls in (ModelNotFound, QueueFull):
+    if cls in (ModelNotFound, QueueFull, IdempotencyConflict, RequestNotFound):
         cls = EngineError
     error = cls(message, param=param, code=code)
     return error

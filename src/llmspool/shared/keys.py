@@ -7,6 +7,8 @@ a slot. Inspect them with plain redis-cli, e.g.
 
 from __future__ import annotations
 
+import hashlib
+
 PREFIX = "llmspool"
 
 #: The consumer group every model stream is read through.
@@ -29,6 +31,17 @@ def batch_stream(model: str) -> str:
 def dead_stream(model: str) -> str:
     """Jobs that failed ``max_attempts`` times, with their last error."""
     return f"{PREFIX}:{{{model}}}:dead"
+
+
+def last_errors(model: str) -> str:
+    """Hash: stream entry id -> the last error a retried job of ``model`` failed with."""
+    return f"{PREFIX}:{{{model}}}:errors"
+
+
+def handbacks(model: str) -> str:
+    """Hash: stream entry id -> deliveries handed back unrun (unknown schema, shutdown);
+    they do not count as attempts."""
+    return f"{PREFIX}:{{{model}}}:handbacks"
 
 
 def model_streams(model: str) -> tuple[str, str]:
@@ -58,6 +71,12 @@ def reply_channel(request_id: str) -> str:
 def reply_log(request_id: str) -> str:
     """The same frames kept for a short time, so a reply can be resumed."""
     return f"{PREFIX}:replylog:{request_id}"
+
+
+def idempotency(key: str) -> str:
+    """The request an ``Idempotency-Key`` header was first used for (the key is hashed: it is
+    the client's text)."""
+    return f"{PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def worker(worker_id: str) -> str:

@@ -21,7 +21,11 @@ from llmspool.shared.protocol import (
     Usage,
 )
 
+#: The job schema this version writes. A worker reads every version from
+#: MIN_SCHEMA_VERSION to SCHEMA_VERSION and hands back newer ones (rolling upgrades); new
+#: fields are optional and additive, so adjacent versions read each other's replies.
 SCHEMA_VERSION = 1
+MIN_SCHEMA_VERSION = 1
 
 RequestBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
 
@@ -55,7 +59,8 @@ class Job(BaseModel):
     body: RequestBody
     enqueued_at: float = Field(default_factory=time.time)
     deadline: float
-    #: Filled in by the worker from the delivery count (XPENDING); 1 on first delivery.
+    #: Filled in by the worker from the delivery count (XPENDING); 1 on first delivery. Reply
+    #: frames carry it, so a client tells the frames of a retry from a stalled first try's.
     attempt: int = 1
     batch_id: str | None = None
     batch_line: int | None = None
@@ -80,8 +85,10 @@ class Job(BaseModel):
     def from_fields(cls, fields: dict[str, str], attempt: int = 1) -> Job:
         """Parse a stream entry; raises :class:`UnknownSchema` for a newer schema."""
         version = int(fields.get("v", "0"))
-        if version != SCHEMA_VERSION:
-            raise UnknownSchema(f"job schema v{version}, this worker reads v{SCHEMA_VERSION}")
+        if not MIN_SCHEMA_VERSION <= version <= SCHEMA_VERSION:
+            raise UnknownSchema(
+                f"job schema v{version}, this worker reads v{MIN_SCHEMA_VERSION}..v{SCHEMA_VERSION}"
+            )
         kind = JobKind(fields["kind"])
         line = fields.get("batch_line")
         return cls(
@@ -98,6 +105,36 @@ class Job(BaseModel):
 
     def expired(self, now: float | None = None) -> bool:
         return (now if now is not None else time.time()) > self.deadline
+
+
+class ReplyMeta(BaseModel):
+    """What a reply needs besides its frames: written by the producer as the first entry of the
+    request's reply log, so any API process can resume or finish the reply."""
+
+    request_id: str
+    kind: JobKind
+    model: str
+    created: float
+    deadline: float
+    stream: bool = False
+    include_usage: bool = False
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def of(cls, job: Job) -> ReplyMeta:
+        body = job.body
+        options = getattr(body, "stream_options", None)
+        return cls(
+            request_id=job.request_id,
+            kind=job.kind,
+            model=job.model,
+            created=job.enqueued_at,
+            deadline=job.deadline,
+            stream=bool(getattr(body, "stream", False)),
+            include_usage=bool(options and options.include_usage),
+        )
 
 
 class WireError(BaseModel):

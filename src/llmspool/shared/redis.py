@@ -15,14 +15,19 @@ UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def connect(settings: Settings, *, max_connections: int = 512) -> Redis:
-    """A client with reconnects and bounded socket waits (a paused Redis gives an error)."""
+    """A client with reconnects and bounded socket waits (a paused Redis gives an error).
+
+    Only connection errors are retried: a command that timed out may still run once Redis
+    wakes up, and retrying a timed-out XADD could enqueue a job twice.
+    """
     client: Redis = Redis.from_url(
         settings.resolved_redis_url(),
         decode_responses=False,
         max_connections=max_connections,
-        socket_connect_timeout=5,
+        socket_connect_timeout=settings.redis_timeout,
+        socket_timeout=settings.redis_timeout,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry_on_error=[RedisConnectionError],
     )
     return client

@@ -28,6 +28,8 @@ class WorkerInfo(BaseModel):
     pid: int
     capacity: int
     in_flight: int = 0
+    #: tokens the engine generated since start, aborted jobs included (where it counts them)
+    engine_tokens: int = 0
     started: float
     last_beat: float = 0.0
     state: str = "serving"

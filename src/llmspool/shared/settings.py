@@ -71,6 +71,42 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long a worker may finish running jobs "
         "(an API its open streams) before handing back the rest.",
     )
+    lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="A job its worker has not touched for this long is taken over by another "
+        "worker (XAUTOCLAIM); a worker touches its running jobs every lease/4.",
+    )
+    redis_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long one Redis command may take before it fails (a stalled Redis "
+        "gives bounded errors instead of hanging requests).",
+    )
+    reply_poll: float = Field(
+        default=1.0,
+        gt=0,
+        description="A request with no reply frame for this long reads its reply log, so "
+        "frames that pub/sub lost (a Redis restart) still arrive.",
+    )
+    cancel_grace: float = Field(
+        default=2.0,
+        ge=0,
+        description="When a client goes away, its job is cancelled after this many seconds "
+        "unless it resumed meanwhile (GET /v1/requests/{id}/events, or a repeat with its "
+        "Idempotency-Key).",
+    )
+    replylog_ttl: int = Field(
+        default=300,
+        ge=1,
+        description="Seconds a finished reply's frames stay in its reply log "
+        "(resumable streams, idempotent repeats).",
+    )
+    idempotency_ttl: int = Field(
+        default=86400,
+        ge=1,
+        description="Seconds an Idempotency-Key is remembered.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of every process."
     )

@@ -3,12 +3,25 @@
 It emits exactly ``max_tokens`` tokens unless a stop sequence matches. Token ``i`` (from 0)
 leaves at ``start + ttft_ms + i * itl_ms``, where ``start`` is when the job began, so its pace
 does not drift under load. The same prompt always gives the same text; a ``seed`` changes it.
+
+Fault injection (tests, benchmarks and the chaos run only): with the option ``faults = true``
+a prompt may carry markers that make the engine misbehave deterministically:
+
+- ``[[fake:exit@N]]``  the worker process exits at once (``os._exit``, like ``kill -9``)
+  just before token ``N`` (0: before the first token);
+- ``[[fake:raise@N]]`` the generation raises an exception just before token ``N``;
+- a suffix ``xK`` (``[[fake:exit@3x1]]``) limits the fault to the job's first ``K``
+  deliveries, so a retry succeeds.
+
+Without ``faults = true`` markers are plain text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -58,6 +71,39 @@ class Options(BackendOptions):
     ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
     itl_ms: float = Field(default=0.0, ge=0, description="Delay between tokens.")
     embedding_dim: int = Field(default=8, ge=1, le=4096, description="Size of fake embeddings.")
+    faults: bool = Field(
+        default=False,
+        description="Honour [[fake:exit@N]] / [[fake:raise@N]] prompt markers "
+        "(fault injection for tests and the chaos run; never in production).",
+    )
+
+
+_FAULT = re.compile(r"\[\[fake:(exit|raise)@(\d+)(?:x(\d+))?\]\]")
+
+
+class Fault:
+    """A fault a prompt asked for: what, before which token, on which deliveries."""
+
+    def __init__(self, kind: str, at: int, deliveries: int | None) -> None:
+        self.kind, self.at, self.deliveries = kind, at, deliveries
+
+    @classmethod
+    def find(cls, prompt: str, attempt: int) -> Fault | None:
+        match = _FAULT.search(prompt)
+        if match is None:
+            return None
+        deliveries = int(match[3]) if match[3] else None
+        if deliveries is not None and attempt > deliveries:
+            return None
+        return cls(match[1], int(match[2]), deliveries)
+
+    def strike(self, token: int) -> None:
+        """Misbehave if ``token`` is the one this fault waits for."""
+        if token != self.at:
+            return
+        if self.kind == "exit":
+            os._exit(137)
+        raise RuntimeError(f"injected fault before token {token}")
 
 
 class FakeBackend:
@@ -82,9 +128,12 @@ class FakeBackend:
         start = time.monotonic()
         matcher = StopMatcher(params.stop)
         words = token_stream(prompt_text(prompt), params.seed)
+        fault = Fault.find(prompt_text(prompt), job.attempt) if self.options.faults else None
         produced = 0
         for i in range(params.max_tokens):
             await _sleep_until(start + (self.options.ttft_ms + i * self.options.itl_ms) / 1000)
+            if fault is not None:
+                fault.strike(i)
             self.tokens_generated += 1
             produced += 1
             text = matcher.feed(next(words))
