@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="A job its worker has not touched for this long is taken over by another "
-        "worker (XAUTOCLAIM); a worker touches its running jobs every lease/4.",
+        "worker (XAUTOCLAIM); a worker touches its running jobs every lease/4 (at most 1 s).",
     )
     redis_timeout: float = Field(
         default=5.0,
