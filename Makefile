@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_HTTPLIB=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install redis browser serve test lint typecheck pytest bench bench-quick clean test-vllm
+.PHONY: install redis browser serve test lint typecheck pytest bench bench-quick chaos clean test-vllm
 
 install: redis $(STAMP)
 
@@ -75,6 +75,11 @@ test-vllm: redis
 	PYTHONPATH=$(CURDIR)/src VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
 	  $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider --timeout=900 -k vllm \
 	  tests/test_backend_contract.py tests/test_vllm_mapping.py $(PYTEST_ARGS)
+
+# Mixed traffic for CHAOS_SECONDS while workers are killed and Redis restarts; lost must be 0.
+CHAOS_SECONDS ?= 60
+chaos: install
+	PYTHONPATH=$(CURDIR)/src $(BIN)/python -m bench.chaos --duration $(CHAOS_SECONDS) --write docs/chaos.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -135,13 +135,12 @@ class Stack:
         return process
 
     def start_worker(self, model: str, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
-        before = self.consumers(model)
         process = self.spawn(
             "worker", "--model", model, log=f"worker-{model.replace('/', '_')}.log", **env
         )
         if wait:
             wait_until(
-                lambda: self.consumers(model) > before or process.poll() is not None,
+                lambda: self.registered(process.pid) or process.poll() is not None,
                 60,
                 what=f"worker of {model}",
             )
@@ -154,6 +153,11 @@ class Stack:
         client = self.redis.client()
         keys = client.keys("llmspool:worker:*")
         return sum(1 for key in keys if client.hget(key, "model") == model)
+
+    def registered(self, pid: int) -> bool:
+        """Whether the worker process ``pid`` is in the registry (it serves)."""
+        client = self.redis.client()
+        return any(client.hget(key, "pid") == str(pid) for key in client.keys("llmspool:worker:*"))
 
     def engine_tokens(self, model: str) -> int:
         """Tokens the engines of ``model``'s live workers generated (their registry entries)."""

@@ -98,7 +98,8 @@ def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) 
     assert m["llmspool:num_requests_waiting", M] == 0
     queue = {**M, "queue": "requests"}
     assert m["llmspool:queue_depth", queue] == 0 and m["llmspool:queue_lag", queue] == 0
-    assert m["llmspool:queue_length", queue] == 7
+    # XLEN: workers trim settled jobs away (XTRIM MINID), keeping at least the last delivered
+    assert 1 <= m["llmspool:queue_length", queue] <= 7
     assert m["llmspool:workers", M] == 1 and m["llmspool:dead_jobs", M] == 0
     assert m["llmspool:redis_up", {}] == 1
     # every family exists for a model nobody used

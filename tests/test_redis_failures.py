@@ -97,8 +97,9 @@ def test_redis_killed_and_restarted(stack: Stack) -> None:
 def test_redis_paused_gives_bounded_errors(stack: Stack) -> None:
     client = stack.redis.client()
     assert served(post(stack, "before"), "before")
-    client.execute_command("CLIENT", "PAUSE", "5000", "ALL")
+    client.execute_command("CLIENT", "PAUSE", "10000", "ALL")
     started = time.monotonic()
     stalled = post(stack, "during the pause", 2)
-    assert stalled.status_code == 503 and time.monotonic() - started < 5  # not a hang
+    assert stalled.status_code == 503, stalled.text  # a 200 could only come after the pause
+    assert time.monotonic() - started < 10  # not a hang
     wait_until(lambda: served(post(stack, "after"), "after"), 30, interval=0.5)
