@@ -67,6 +67,8 @@ class RedisServer:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         client = self.client()
         wait_until(lambda: _pings(client), 10, what="redis-server")
+        if self.process.poll() is not None:  # another server answered on this port
+            raise RuntimeError(f"redis-server on port {self.port} exited at start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:

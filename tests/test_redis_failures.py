@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from tests.helpers import RedisServer, Stack, chat, fake_text, free_port, wait_until
 
@@ -35,20 +36,20 @@ ENV = {
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    redis = RedisServer(
+    server = RedisServer(
         free_port(), tmp_path / "redis", extra=("--appendonly", "yes", "--appendfsync", "everysec")
     )
-    redis.start()
+    server.start()
     config = tmp_path / "llmspool.toml"
     config.write_text(CONFIG)
-    stack = Stack(redis, config, tmp_path, extra_env=ENV)
+    stack = Stack(server, config, tmp_path, extra_env=ENV)
     try:
         stack.start_api()
         stack.start_worker("fake")
         yield stack
     finally:
         stack.stop()
-        redis.stop(signal.SIGKILL)
+        server.stop(signal.SIGKILL)
 
 
 def post(stack: Stack, prompt: str, tokens: int = 20) -> httpx.Response:
@@ -64,32 +65,32 @@ def served(response: httpx.Response, prompt: str, tokens: int = 20) -> bool:
 
 
 def test_redis_killed_and_restarted(stack: Stack) -> None:
-    redis = stack.redis
+    server = stack.redis
     prompts = [f"job {i}" for i in range(10)]
     with ThreadPoolExecutor(len(prompts)) as pool:
         replies = [pool.submit(post, stack, prompt) for prompt in prompts]
         wait_until(
             lambda: (
-                int(redis.client().xinfo_stream("llmspool:{fake}:requests")["entries-added"])
+                int(server.client().xinfo_stream("llmspool:{fake}:requests")["entries-added"])
                 == len(prompts)
             ),
             20,
             what="every job enqueued",
         )
-        redis.stop(signal.SIGKILL)  # with jobs queued, running and half-published
+        server.stop(signal.SIGKILL)  # with jobs queued, running and half-published
 
         started = time.monotonic()
         away = post(stack, "while redis is away", 2)
         assert away.status_code == 503 and time.monotonic() - started < 15
         assert httpx.get(f"{stack.base_url}/health", timeout=15).status_code == 503
 
-        redis.start()  # the same port and append-only file
+        server.start()  # the same port and append-only file
         for prompt, reply in zip(prompts, replies, strict=True):
             assert served(reply.result(90), prompt), prompt
 
     # everything reconnected by itself: the API, the worker, both pub/sub listeners
     assert served(post(stack, "after", 3), "after", 3)
-    client = redis.client()
+    client = server.client()
     wait_until(lambda: client.pubsub_numsub("llmspool:cancel")[0][1] == 1, 10)
     wait_until(lambda: len(client.pubsub_channels("llmspool:producer:*")) == 1, 10)
 
@@ -98,6 +99,9 @@ def test_redis_paused_gives_bounded_errors(stack: Stack) -> None:
     client = stack.redis.client()
     assert served(post(stack, "before"), "before")
     client.execute_command("CLIENT", "PAUSE", "10000", "ALL")
+    probe = redis.Redis(port=stack.redis.port, socket_timeout=0.5)
+    with pytest.raises(redis.TimeoutError):
+        probe.ping()  # the stall is real
     started = time.monotonic()
     stalled = post(stack, "during the pause", 2)
     assert stalled.status_code == 503, stalled.text  # a 200 could only come after the pause

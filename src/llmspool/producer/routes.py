@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import struct
 import time
 import uuid
@@ -34,6 +35,7 @@ from llmspool.shared.config import Capability, ModelConfig
 from llmspool.shared.errors import (
     InvalidRequest,
     LLMSpoolError,
+    ServiceUnavailable,
     UnsupportedCapability,
     UnsupportedParameter,
 )
@@ -58,6 +60,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 429, 500, 503, 504)
 }
 TIMEOUT_HEADER = "x-llmspool-timeout"
+_ENQUEUE_TIMEOUTS = 3  # enqueueing may take this many Redis command timeouts
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
@@ -161,11 +164,24 @@ async def _submit(
     )
     request_id.set(job.request_id)
     key = _idempotency_key(request)
+    try:
+        # A stalled Redis can make one command's reconnects and health checks add up: bound
+        # the whole enqueueing, so the client gets a 503 instead of waiting for Redis.
+        async with asyncio.timeout(producer.settings.redis_timeout * _ENQUEUE_TIMEOUTS):
+            return await _enqueue(producer, model, kind, job, key)
+    except TimeoutError:
+        raise ServiceUnavailable("cannot enqueue: redis does not answer") from None
+
+
+async def _enqueue(
+    producer: Producer, model: ModelConfig, kind: JobKind, job: Job, key: str | None
+) -> Reply:
+    dispatcher = producer.dispatcher
     if key is not None and (first := await dispatcher.remember(key, job)) is not None:
         return await dispatcher.follow(first)  # a repeat: the first request's reply
     trace = producer.observer.trace(job, model.backend)
     try:
-        _check(body, model, kind)
+        _check(job.body, model, kind)
         await dispatcher.admit(model)
         return await dispatcher.submit(job, trace, key)
     except BaseException as exc:  # refused before a worker saw it: still one log record
@@ -173,7 +189,8 @@ async def _submit(
             trace.fail(exc)
         trace.finish()
         if key is not None:
-            await dispatcher.forget(key)
+            with contextlib.suppress(Exception):
+                await dispatcher.forget(key)
         raise
 
 
