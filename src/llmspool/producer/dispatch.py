@@ -368,7 +368,8 @@ class Reply:
         if not self._heard and (self._polling is None or self._polling.done()):
             self._polling = self._loop.create_task(self._poll_log())
         self._heard = False
-        self._poller = self._loop.call_later(self._dispatcher.settings.reply_poll, self._tick)
+        if self._loop.time() < self._expiry.when():  # never past the deadline, closed or not
+            self._poller = self._loop.call_later(self._dispatcher.settings.reply_poll, self._tick)
 
     async def _poll_log(self) -> None:
         try:
