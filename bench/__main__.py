@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--rewrite", action="store_true", help="only redo the report from results.json"
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="replace only the chosen suites' rows in the existing results.json",
+    )
     args = parser.parse_args(argv)
     profile = suites.PROFILES[args.profile]
     out = args.out or (BENCH if profile.name == "full" else BENCH / "results" / profile.name)
@@ -46,10 +51,10 @@ def main(argv: list[str] | None = None) -> Path:
         saved = json.loads((out / "results.json").read_text())
         return report.write(saved["rows"], saved["meta"], out, out / "plots")
     chosen = [s for s in args.suites.split(",") if s]
-    return run(profile, chosen, out)
+    return run(profile, chosen, out, add=args.add)
 
 
-def run(profile: suites.Profile, chosen: list[str], out: Path) -> Path:
+def run(profile: suites.Profile, chosen: list[str], out: Path, add: bool = False) -> Path:
     meta = _meta(profile)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
@@ -60,10 +65,23 @@ def run(profile: suites.Profile, chosen: list[str], out: Path) -> Path:
     meta["elapsed"] = round(time.monotonic() - started)
     if not suites.batch_available():
         meta["batch_note"] = BATCH_PENDING
+    if add:
+        rows, meta = _added(out / "results.json", rows, chosen, meta)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     path = report.write(rows, meta, out, out / "plots")
     print(f"wrote {path} ({meta['elapsed']} s)")
     return path
+
+
+def _added(
+    path: Path, rows: list[dict[str, Any]], chosen: list[str], meta: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The saved rows with the chosen suites' replaced; the saved meta, noting the addition."""
+    saved = json.loads(path.read_text())
+    kept = [row for row in saved["rows"] if row["suite"] not in chosen]
+    merged = {**saved["meta"], "batch_note": meta.get("batch_note")}
+    merged["added"] = f"{', '.join(chosen)} measured again at {meta['date']} ({meta['commit']})"
+    return kept + rows, merged
 
 
 def _suite(name: str, profile: suites.Profile, workdir: Path) -> list[dict[str, Any]]:

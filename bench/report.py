@@ -221,6 +221,8 @@ def _header(meta: dict[str, Any]) -> str:
         "",
         meta.get("setup", ""),
     ]
+    if meta.get("added"):
+        lines += ["", f"Added later: {meta['added']}."]
     return "\n".join(lines)
 
 
