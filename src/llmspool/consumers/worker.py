@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from llmspool.consumers.backends.base import Backend
 from llmspool.consumers.delivery import Deliveries, Entry
 from llmspool.consumers.publisher import ReplyPublisher, ReplyStream
-from llmspool.shared import keys, registry
+from llmspool.shared import control, keys, registry
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import DeadlineExceeded, JobFailed, LLMSpoolError
 from llmspool.shared.logs import request_id
@@ -87,6 +87,7 @@ class Worker:
             capacity=self.capacity,
         )
         self._metrics_server: MetricsServer | None = None
+        self.drain_timeout = settings.drain_timeout
         self.info = registry.WorkerInfo(
             id=self.id,
             model=model.name,
@@ -136,7 +137,7 @@ class Worker:
         log.info("worker %s draining %d running jobs", self.id, len(self.running))
         pending = [task for _, task in self.running.values()]
         if pending:
-            _, still = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+            _, still = await asyncio.wait(pending, timeout=self.drain_timeout)
             for task in still:  # handed back (see _interrupted): another worker takes it now
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
@@ -175,6 +176,7 @@ class Worker:
             self.info.engine_tokens = getattr(self.backend, "tokens_generated", 0)
             try:
                 await registry.beat(self.redis, self.info)
+                await self._check_drain()
             except UNAVAILABLE as exc:
                 log.warning("heartbeat failed: %s", exc)
 
@@ -196,6 +198,16 @@ class Worker:
             self._lost.add(request_id)
             if request_id in self.running:
                 self.running[request_id][1].cancel()
+
+    async def _check_drain(self) -> None:
+        """Act on an operator's ``llmspool workers drain|stop`` (see shared/control.py)."""
+        mode = await control.drain_requested(self.redis, self.id)
+        if mode is None or self._exiting.is_set():
+            return
+        log.info("worker %s asked to %s", self.id, mode)
+        if mode == "stop":
+            self.drain_timeout = 0.0
+        self.request_exit()
 
     # ------------------------------------------------------------------ reading
 

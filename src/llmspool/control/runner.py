@@ -12,10 +12,12 @@ import uvicorn
 
 from llmspool.consumers.backends import create_backend
 from llmspool.consumers.worker import Worker
+from llmspool.control.controller import Controller
+from llmspool.control.driver import LocalDriver
 from llmspool.control.redis_server import port_in_use, start_redis
 from llmspool.control.supervisor import Supervisor
 from llmspool.producer.app import create_app
-from llmspool.shared.config import Config
+from llmspool.shared.config import Config, load_config
 from llmspool.shared.redis import connect
 from llmspool.shared.settings import Settings
 
@@ -88,17 +90,35 @@ def run_serve(settings: Settings, config: Config) -> None:
 
 
 async def _supervise(settings: Settings, config: Config, env: dict[str, str]) -> None:
+    """The API and the worker pools, sized by the control loop (local driver)."""
     supervisor = Supervisor(env)
     for model in config.models:
-        supervisor.set_desired(model.name, max(model.min_workers, 1))
+        supervisor.set_desired(model.name, model.min_workers, model.max_workers)
+    redis = connect(settings, max_connections=16)
+    controller = Controller(config, redis, LocalDriver(supervisor), lambda: _reload(settings))
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        supervisor.request_stop()
+        stopping.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, supervisor.request_stop)
+        loop.add_signal_handler(sig, stop)
     log.info("serving %s on http://%s:%d", ", ".join(config.names()), settings.host, settings.port)
+    control_loop = asyncio.create_task(controller.run(stopping), name="control")
     try:
         await supervisor.run()
     finally:
+        stopping.set()
         await supervisor.stop(settings.drain_timeout)
+        await control_loop
+        await redis.aclose()
+
+
+def _reload(settings: Settings) -> Config:
+    """The models file as it reads now (``llmspool reload``)."""
+    return load_config(settings.config)
 
 
 def check_redis(settings: Settings) -> None:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from llmspool import __version__
 from llmspool.consumers.worker import ensure_groups
 from llmspool.producer import console, errors, monitoring
+from llmspool.producer.admin import router as admin_router
 from llmspool.producer.routes import router
 from llmspool.producer.service import Producer
 from llmspool.shared.config import Config, load_config
@@ -32,10 +33,12 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
         await _prepare_streams(producer)
         await producer.relay.start()
         await producer.timeline.start()
+        await producer.control.start()
         app.state.producer = producer
         try:
             yield
         finally:
+            await producer.control.stop()
             await producer.timeline.stop()
             await producer.relay.stop()
             await producer.observer.request_log.drain()
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     app.include_router(router)
     console.install(app)
     app.include_router(monitoring.router)
+    app.include_router(admin_router)
     errors.install(app)
     return app
 

@@ -35,6 +35,7 @@ from llmspool.shared.config import Capability, ModelConfig
 from llmspool.shared.errors import (
     InvalidRequest,
     LLMSpoolError,
+    ModelOffline,
     ServiceUnavailable,
     UnsupportedCapability,
     UnsupportedParameter,
@@ -117,13 +118,13 @@ async def list_models(producer: ProducerDep) -> ModelList:
     """The configured models; each one's ``llmspool`` field says its backend, what it serves
     and how many workers serve it now."""
     live = await _live_workers(producer)
-    return ModelList(data=[_model_card(m, live) for m in producer.config.models])
+    return ModelList(data=[_model_card(producer, m, live) for m in producer.config.models])
 
 
 @router.get("/v1/models/{model:path}", response_model=Model, responses=_ERRORS)
 async def get_model(model: str, producer: ProducerDep) -> Model:
     """One configured model."""
-    return _model_card(producer.config.model(model), await _live_workers(producer))
+    return _model_card(producer, producer.config.model(model), await _live_workers(producer))
 
 
 @router.get("/health")
@@ -182,6 +183,8 @@ async def _enqueue(
     trace = producer.observer.trace(job, model.backend)
     try:
         _check(job.body, model, kind)
+        if producer.control.is_offline(model.name):
+            raise ModelOffline(model.name)
         await dispatcher.admit(model)
         return await dispatcher.submit(job, trace, key)
     except BaseException as exc:  # refused before a worker saw it: still one log record
@@ -314,10 +317,11 @@ async def _live_workers(producer: Producer) -> Counter[str] | None:
     return Counter(worker.model for worker in workers)
 
 
-def _model_card(model: ModelConfig, live: Counter[str] | None) -> Model:
+def _model_card(producer: Producer, model: ModelConfig, live: Counter[str] | None) -> Model:
     status = ModelStatus(
         backend=model.backend,
         capabilities=list(model.capabilities),
         workers=None if live is None else live[model.name],
+        status="offline" if producer.control.is_offline(model.name) else "online",
     )
     return Model(id=model.name, created=0, llmspool=status)

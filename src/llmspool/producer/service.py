@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from redis.asyncio import Redis
 
+from llmspool.consumers.worker import ensure_groups
+from llmspool.producer.controlview import ControlView
 from llmspool.producer.dispatch import Dispatcher
 from llmspool.producer.observe import Observer
 from llmspool.producer.relay import ReplyRelay
@@ -16,6 +19,8 @@ from llmspool.shared.config import Config
 from llmspool.shared.metrics import ApiMetrics
 from llmspool.shared.requestlog import RequestLog
 from llmspool.shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,6 +35,18 @@ class Producer:
     id: str
     timeline: Timeline
     observer: Observer
+    control: ControlView = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.control = ControlView(self.redis, self.config.names, self.adopt)
+
+    async def adopt(self, config: Config) -> None:
+        """Serve the models of a reloaded models file from now on."""
+        for name in set(config.names()) - set(self.config.names()):
+            await ensure_groups(self.redis, name)
+        self.config = config
+        self.control.models = config.names
+        log.info("now serving %s", ", ".join(config.names()))
 
     @classmethod
     def create(cls, settings: Settings, config: Config, redis: Redis) -> Producer:

@@ -23,6 +23,26 @@ Capability = Literal["chat", "completion", "embedding"]
 ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:/@-]+$")]
 
 
+class Autoscale(BaseModel):
+    """How a model's worker pool follows its queue (``[models.autoscale]``); see
+    docs/control-plane.md."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_per_worker: int | None = Field(
+        default=None, ge=1, description="Backlog one worker should carry; unset: max_concurrency."
+    )
+    scale_down_window: float = Field(
+        default=30.0, ge=0, description="Seconds the backlog must stay low before scaling down."
+    )
+    idle_window: float = Field(
+        default=60.0, ge=0, description="Seconds with an empty backlog before scaling to zero."
+    )
+    tick: float = Field(
+        default=0.5, gt=0, le=1.0, description="Seconds between two looks at the queue."
+    )
+
+
 class ModelConfig(BaseModel):
     """One served model."""
 
@@ -39,7 +59,13 @@ class ModelConfig(BaseModel):
     queue_limit: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     capabilities: tuple[Capability, ...] = ("chat", "completion")
+    autoscale: Autoscale = Field(default_factory=Autoscale)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def target_per_worker(self) -> int:
+        """Backlog one worker carries before another is started."""
+        return self.autoscale.target_per_worker or self.max_concurrency
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

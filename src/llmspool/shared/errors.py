@@ -10,7 +10,9 @@
     ├── ModelNotFound             404 invalid_request_error, code model_not_found
     ├── RequestNotFound           404 a request id whose reply log is unknown or expired
     ├── QueueFull                 429 rate_limit_error, Retry-After
-    ├── ServiceUnavailable        503 service_unavailable (Redis away, model offline)
+    ├── ServiceUnavailable        503 service_unavailable (Redis away)
+    │   └── ModelOffline          503 service_unavailable, code model_offline
+    ├── NotFound                  404 not_found_error (admin API: no such worker)
     ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
     ├── ConfigError               a models file or setting is wrong (raised at start, not served)
     └── EngineError               500 engine_error (the backend failed the job)
@@ -124,6 +126,24 @@ class ServiceUnavailable(LLMSpoolError):
     default_code = "service_unavailable"
 
 
+class ModelOffline(ServiceUnavailable):
+    default_code = "model_offline"
+    should_retry = False
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"The model '{model}' is offline: an operator took it out of service. Try again later.",
+            param="model",
+        )
+
+
+class NotFound(LLMSpoolError):
+    status_code = 404
+    error_type = "not_found_error"
+    default_code = "not_found"
+    should_retry = False
+
+
 class DeadlineExceeded(LLMSpoolError):
     status_code = 504
     error_type = "timeout"
@@ -163,7 +183,7 @@ def from_wire(kind: str, message: str, code: str | None, param: str | None) -> L
     """Rebuild an error that crossed Redis in a reply frame (``kind`` is its class name)."""
     by_name = {cls.__name__: cls for cls in _subclasses(LLMSpoolError)}
     cls = by_name.get(kind, EngineError)
-    if cls in (ModelNotFound, QueueFull, IdempotencyConflict, RequestNotFound):
+    if cls in (ModelNotFound, QueueFull, IdempotencyConflict, RequestNotFound, ModelOffline):
         cls = EngineError
     error = cls(message, param=param, code=code)
     return error

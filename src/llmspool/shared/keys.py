@@ -92,3 +92,30 @@ def worker_pattern() -> str:
 def producer_channel(producer_id: str) -> str:
     """A producer's own channel; its relay stays subscribed to it for its lifetime."""
     return f"{PREFIX}:producer:{producer_id}"
+
+
+# --------------------------------------------------------------------------- control plane
+
+
+def control(model: str) -> str:
+    """Control state of ``model`` (hash): ``pin`` (a pinned worker count), ``offline`` ("1"),
+    ``restart`` (the generation a rolling restart asked for)."""
+    return f"{PREFIX}:{{{model}}}:control"
+
+
+def drain(worker_id: str) -> str:
+    """A request that one worker stop (string ``drain`` or ``stop``, with a TTL)."""
+    return f"{PREFIX}:drain:{worker_id}"
+
+
+#: The running control loop's view (hash, with a TTL): ``desired:<model>``, ``driver``, ``beat``.
+CONTROLLER = f"{PREFIX}:controller"
+
+#: Reload requests and their outcome (hash): ``requested`` (a counter bumped by `llmspool reload`),
+#: ``applied`` (the last request the control loop handled), ``result`` (``ok`` or the error).
+RELOAD = f"{PREFIX}:reload"
+
+#: The models file in force (string, JSON), written by the control loop on start and on reload;
+#: API processes follow it (``CONFIG_GENERATION`` tells them when it changed).
+CONFIG = f"{PREFIX}:config"
+CONFIG_GENERATION = f"{PREFIX}:config:generation"

@@ -241,6 +241,8 @@ class ModelStatus(OpenAIBaseModel):
     capabilities: list[str]
     #: Workers serving it now (from the registry); None when Redis could not say.
     workers: int | None = None
+    #: "offline" while an operator keeps new requests out (they get 503 model_offline).
+    status: Literal["online", "offline"] = "online"
 
 
 class Model(OpenAIBaseModel):

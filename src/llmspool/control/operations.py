@@ -1,0 +1,165 @@
+"""Operator actions and views, shared by the command line and the admin API.
+
+Everything here talks to Redis only: the control loop (``llmspool serve``, or a cluster's
+controller) and the workers act on what is written, whichever machine they run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from llmspool.shared import control, keys, registry
+from llmspool.shared.backlog import queue_stats
+from llmspool.shared.config import Config, ModelConfig, parse_config
+from llmspool.shared.control import DrainMode, ReloadStatus
+from llmspool.shared.errors import ConfigError, InvalidRequest, NotFound
+from llmspool.shared.registry import WorkerInfo
+
+
+class ControllerState(BaseModel):
+    """What the running control loop last published (None fields: no control loop runs)."""
+
+    driver: str | None = None
+    beat: float | None = None
+    desired: dict[str, int] = {}
+
+
+class ModelStatus(BaseModel):
+    """One model as an operator sees it."""
+
+    name: str
+    backend: str
+    min_workers: int
+    max_workers: int
+    max_concurrency: int
+    target_per_worker: int
+    pin: int | None
+    offline: bool
+    desired: int | None
+    workers: list[WorkerInfo]
+    queue: dict[str, Any]
+
+
+async def controller_state(redis: Redis) -> ControllerState:
+    raw: dict[Any, Any] = await redis.hgetall(keys.CONTROLLER)  # type: ignore[misc]
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    if not fields:
+        return ControllerState()
+    desired = {k.split(":", 1)[1]: int(v) for k, v in fields.items() if k.startswith("desired:")}
+    return ControllerState(driver=fields.get("driver"), beat=float(fields["beat"]), desired=desired)
+
+
+async def effective_config(redis: Redis, local: Config) -> Config:
+    """The models the running control loop serves (after reloads), else ``local``."""
+    if not await redis.exists(keys.CONTROLLER):
+        return local
+    raw: Any = await redis.get(keys.CONFIG)
+    if raw is None:
+        return local
+    try:
+        return parse_config(json.loads(raw), source="published models file")
+    except ConfigError:
+        return local
+
+
+async def models_status(redis: Redis, config: Config) -> list[ModelStatus]:
+    """Every model with its workers, queue and control state."""
+    controls = await control.model_controls(redis, config.names())
+    live = await registry.live_workers(redis)
+    state = await controller_state(redis)
+    result = []
+    for model in config.models:
+        stats = await queue_stats(redis, model.name)
+        ctl = controls[model.name]
+        result.append(
+            ModelStatus(
+                name=model.name,
+                backend=model.backend,
+                min_workers=model.min_workers,
+                max_workers=model.max_workers,
+                max_concurrency=model.max_concurrency,
+                target_per_worker=model.target_per_worker,
+                pin=ctl.pin,
+                offline=ctl.offline,
+                desired=state.desired.get(model.name),
+                workers=[w for w in live if w.model == model.name],
+                queue=stats.summary(),
+            )
+        )
+    return result
+
+
+async def model_status(redis: Redis, config: Config, name: str) -> ModelStatus:
+    model = config.model(name)
+    return (await models_status(redis, Config(models=[model])))[0]
+
+
+async def scale(redis: Redis, config: Config, name: str, workers: int | None) -> ModelStatus:
+    """Pin ``name`` to ``workers`` (0..max_workers), or return it to autoscaling (None)."""
+    model = config.model(name)
+    if workers is not None and not 0 <= workers <= model.max_workers:
+        raise InvalidRequest(
+            f"cannot pin '{name}' to {workers} workers: allowed 0..{model.max_workers} "
+            "(raise max_workers in the models file and reload)",
+            param="workers",
+        )
+    await control.set_pin(redis, model.name, workers)
+    return await model_status(redis, config, name)
+
+
+async def set_offline(redis: Redis, config: Config, name: str, offline: bool) -> ModelStatus:
+    """Take ``name`` out of service (new requests get 503; queued and running ones finish)."""
+    model = config.model(name)
+    await control.set_offline(redis, model.name, offline)
+    return await model_status(redis, config, name)
+
+
+async def restart(redis: Redis, config: Config, name: str) -> int:
+    """Ask for a rolling restart of ``name``'s workers."""
+    return await control.request_restart(redis, _model(config, name).name)
+
+
+async def find_worker(redis: Redis, ident: str) -> WorkerInfo:
+    """A live worker by id, or by a part of its id that matches exactly one."""
+    live = await registry.live_workers(redis)
+    exact = [w for w in live if w.id == ident]
+    matches = exact or [w for w in live if ident in w.id]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound(f"no live worker matches '{ident}'", param="worker")
+    raise InvalidRequest(
+        f"'{ident}' matches {len(matches)} workers; give more of the id", param="worker"
+    )
+
+
+async def drain_worker(redis: Redis, ident: str, mode: DrainMode) -> WorkerInfo:
+    """Ask one worker to drain (finish its jobs) or stop (hand them back) and exit."""
+    info = await find_worker(redis, ident)
+    await control.request_drain(redis, info.id, mode)
+    return info
+
+
+async def reload(redis: Redis, wait: float) -> ReloadStatus:
+    """Ask the control loop to re-read the models file; wait up to ``wait`` s for its answer."""
+    number = await control.request_reload(redis)
+    deadline = time.monotonic() + wait
+    while True:
+        status = await control.reload_status(redis)
+        if status.applied >= number or time.monotonic() >= deadline:
+            return status
+        await asyncio.sleep(0.1)
+
+
+def _model(config: Config, name: str) -> ModelConfig:
+    return config.model(name)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,146 @@
+"""Queue depth of a model, read the way redis-cli shows it.
+
+For each work stream (requests, batch): ``length`` is XLEN, ``lag`` and ``pending`` are the
+consumer group's fields in XINFO GROUPS, ``oldest`` is the enqueue time of the oldest entry not
+yet acknowledged (its id's milliseconds). ``dead`` is XLEN of the dead stream. ``backlog`` =
+lag + pending, summed over both streams: what the autoscaler and KEDA scale on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from llmspool.shared import keys
+
+#: How many undelivered entries are counted one by one when Redis cannot tell the lag.
+_COUNT_CAP = 10_000
+
+
+class StreamStats(BaseModel):
+    """One stream and its consumer group."""
+
+    stream: str
+    length: int = 0
+    lag: int = 0
+    pending: int = 0
+    consumers: int = 0
+    oldest: float | None = None
+
+
+class QueueStats(BaseModel):
+    """A model's queues."""
+
+    model: str
+    requests: StreamStats
+    batch: StreamStats
+    dead: int = 0
+
+    @property
+    def lag(self) -> int:
+        return self.requests.lag + self.batch.lag
+
+    @property
+    def pending(self) -> int:
+        return self.requests.pending + self.batch.pending
+
+    @property
+    def backlog(self) -> int:
+        """Undelivered plus in-flight entries: what scaling follows."""
+        return self.lag + self.pending
+
+    def oldest_age(self, now: float | None = None) -> float | None:
+        """Seconds the oldest unacknowledged entry has waited, or None when there is none."""
+        times = [s.oldest for s in (self.requests, self.batch) if s.oldest is not None]
+        if not times:
+            return None
+        return max(0.0, (now or time.time()) - min(times))
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers an operator reads (JSON-ready)."""
+        return {
+            "model": self.model,
+            "backlog": self.backlog,
+            "lag": self.lag,
+            "pending": self.pending,
+            "oldest_age": self.oldest_age(),
+            "dead": self.dead,
+            "streams": [self.requests.model_dump(), self.batch.model_dump()],
+        }
+
+
+async def queue_stats(redis: Redis, model: str) -> QueueStats:
+    """Read ``model``'s queues in two round trips at most."""
+    requests, batch = keys.model_streams(model)
+    pipe = redis.pipeline(transaction=False)
+    for stream in (requests, batch):
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+        pipe.xpending(stream, keys.GROUP)
+    pipe.xlen(keys.dead_stream(model))
+    replies = await pipe.execute(raise_on_error=False)
+    stats = [
+        _stream_stats(stream, replies[i * 3 : i * 3 + 3])
+        for i, stream in enumerate((requests, batch))
+    ]
+    for stat, group in zip(stats, (_group(replies[1]), _group(replies[4])), strict=True):
+        await _fill_undelivered(redis, stat, group)
+    return QueueStats(model=model, requests=stats[0], batch=stats[1], dead=_int(replies[6]))
+
+
+def _stream_stats(stream: str, replies: list[Any]) -> StreamStats:
+    length, groups, pending = replies
+    group = _group(groups)
+    stats = StreamStats(stream=stream, length=_int(length))
+    if group is None:
+        return stats
+    stats.pending = _int(group.get("pending"))
+    stats.consumers = _int(group.get("consumers"))
+    lag = group.get("lag")
+    stats.lag = _int(lag) if lag is not None else -1
+    if stats.pending and isinstance(pending, dict) and pending.get("min"):
+        stats.oldest = _id_time(pending["min"])
+    return stats
+
+
+async def _fill_undelivered(redis: Redis, stats: StreamStats, group: dict[str, Any] | None) -> None:
+    """Count undelivered entries when Redis cannot (lag is nil) and date the oldest of them."""
+    if group is None:
+        return
+    if stats.lag >= 0 and (stats.lag == 0 or stats.oldest is not None):
+        return  # Redis knew the lag, and pending entries are older than undelivered ones
+    last = "(" + _text(group.get("last-delivered-id") or "0-0")
+    count = _COUNT_CAP if stats.lag < 0 else 1
+    entries = await redis.xrange(stats.stream, min=last, max="+", count=count)
+    if stats.lag < 0:
+        stats.lag = len(entries)
+    if entries and stats.oldest is None:
+        stats.oldest = _id_time(entries[0][0])
+
+
+def _group(groups: Any) -> dict[str, Any] | None:
+    if not isinstance(groups, list):
+        return None
+    for group in groups:
+        if _text(group.get("name")) == keys.GROUP:
+            return {_text(k): v for k, v in group.items()}
+    return None
+
+
+def _id_time(entry_id: Any) -> float:
+    return int(_text(entry_id).split("-")[0]) / 1000
+
+
+def _int(value: Any) -> int:
+    """An integer reply, or 0 for a missing stream (the pipeline hands back the error)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

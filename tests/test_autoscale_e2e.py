@@ -1,0 +1,94 @@
+"""`llmspool serve` with the local driver: real processes, the fake engine, short windows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from tests.conftest import StackFactory
+from tests.helpers import Stack, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+BURST_CONFIG = """
+[[models]]
+name = "burst"
+backend = "fake"
+max_concurrency = 2
+min_workers = 0
+max_workers = 3
+[models.autoscale]
+scale_down_window = 1
+idle_window = 3
+tick = 0.2
+[models.options]
+ttft_ms = 5
+itl_ms = 40
+"""
+
+
+def start_serve(stack_factory: StackFactory) -> Stack:
+    stack = stack_factory(BURST_CONFIG)
+    stack.spawn("serve", log="serve.log")
+    wait_until(stack._healthy, 60, what=f"serve (see {stack.workdir}/serve.log)")
+    return stack
+
+
+class PeakWatcher(threading.Thread):
+    """Records the most workers of a model seen in the registry."""
+
+    def __init__(self, stack: Stack, model: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.model, self.peak = stack, model, 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, self.stack.consumers(self.model))
+
+
+def test_burst_grows_zero_to_max_serves_all_and_returns_to_zero(
+    stack_factory: StackFactory,
+) -> None:
+    stack = start_serve(stack_factory)
+    assert stack.consumers("burst") == 0  # min_workers = 0: nothing runs before work arrives
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="none", max_retries=0)
+    watcher = PeakWatcher(stack, "burst")
+    watcher.start()
+
+    def ask(i: int) -> str:
+        reply = client.completions.create(model="burst", prompt=f"p{i}", max_tokens=25, timeout=120)
+        return reply.choices[0].finish_reason
+
+    with ThreadPoolExecutor(16) as pool:
+        reasons = list(pool.map(ask, range(16)))
+    assert reasons == ["length"] * 16  # every request of the burst was served
+    wait_until(lambda: stack.consumers("burst") == 0, 60, what="the pool back at zero")
+    watcher.done.set()
+    watcher.join()
+    assert watcher.peak == 3, stack.log("serve.log")
+    groups = stack.redis.client().xinfo_groups("llmspool:{burst}:requests")
+    assert groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+
+
+def test_killed_worker_is_restarted(stack_factory: StackFactory) -> None:
+    stack = start_serve(stack_factory)
+    stack.redis.client().hset("llmspool:{burst}:control", "pin", "1")
+    wait_until(lambda: stack.consumers("burst") == 1, 60, what="the pinned worker")
+    redis = stack.redis.client()
+    (key,) = redis.keys("llmspool:worker:*")
+    pid = int(redis.hget(key, "pid"))
+    os.kill(pid, signal.SIGKILL)
+    # the dead one's registry entry lingers until its TTL; a new pid must appear meanwhile
+    wait_until(lambda: set(_pids(stack)) - {pid}, 60, what="a restarted worker")
+    assert "restarting in" in stack.log("serve.log")
+
+
+def _pids(stack: Stack) -> list[int]:
+    redis = stack.redis.client()
+    return [int(redis.hget(k, "pid")) for k in redis.keys("llmspool:worker:*")]
