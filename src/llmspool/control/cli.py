@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from llmspool import __version__
+from llmspool.control import admin_cli
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.logs import configure
@@ -126,6 +127,9 @@ def log_(
 def version() -> None:
     """Print llmspool's version."""
     typer.echo(__version__)
+
+
+admin_cli.register(app)
 
 
 def main() -> None:
