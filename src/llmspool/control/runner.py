@@ -116,6 +116,28 @@ async def _supervise(settings: Settings, config: Config, env: dict[str, str]) ->
         await redis.aclose()
 
 
+def run_controller(settings: Settings, config: Config, namespace: str, prefix: str) -> None:
+    """The control loop alone, with the Kubernetes driver."""
+    from llmspool.control.kubernetes import KubernetesDriver
+
+    driver = KubernetesDriver.from_environment(namespace, prefix)
+
+    async def main() -> None:
+        redis = connect(settings, max_connections=16)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        controller = Controller(config, redis, driver, lambda: _reload(settings))
+        log.info("controlling %s in namespace %s", ", ".join(config.names()), namespace)
+        try:
+            await controller.run(stopping)
+        finally:
+            await redis.aclose()
+
+    run_async(main())
+
+
 def _reload(settings: Settings) -> Config:
     """The models file as it reads now (``llmspool reload``)."""
     return load_config(settings.config)
