@@ -131,6 +131,24 @@ class Stack:
         self.processes.append(process)
         return process
 
+    def llmspool(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run an ``llmspool`` command (the operator's CLI) against this stack."""
+        return subprocess.run(
+            [sys.executable, "-m", "llmspool", *args],
+            env={**self.env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=self.workdir,
+        )
+
+    def start_serve(self) -> subprocess.Popen[bytes]:
+        """``llmspool serve`` on this stack's Redis: the API, the control loop and workers."""
+        process = self.spawn("serve", log="serve.log")
+        wait_until(self._healthy, 60, what=f"serve (see {self.workdir}/serve.log)")
+        return process
+
     def start_api(self) -> subprocess.Popen[bytes]:
         process = self.spawn("api", log="api.log")
         wait_until(self._healthy, 30, what=f"API on {self.base_url} (see {self.workdir}/api.log)")

@@ -34,8 +34,7 @@ itl_ms = 40
 
 def start_serve(stack_factory: StackFactory) -> Stack:
     stack = stack_factory(BURST_CONFIG)
-    stack.spawn("serve", log="serve.log")
-    wait_until(stack._healthy, 60, what=f"serve (see {stack.workdir}/serve.log)")
+    stack.start_serve()
     return stack
 
 
@@ -92,3 +91,64 @@ def test_killed_worker_is_restarted(stack_factory: StackFactory) -> None:
 def _pids(stack: Stack) -> list[int]:
     redis = stack.redis.client()
     return [int(redis.hget(k, "pid")) for k in redis.keys("llmspool:worker:*")]
+
+
+ROLL_CONFIG = """
+[[models]]
+name = "roll"
+backend = "fake"
+max_concurrency = 2
+min_workers = 2
+max_workers = 3
+[models.options]
+itl_ms = 30
+"""
+
+EXTRA = """
+[[models]]
+name = "extra"
+backend = "fake"
+[models.options]
+itl_ms = {itl}
+"""
+
+
+def test_rolling_restart_loses_no_request_and_reload_applies_the_file(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(ROLL_CONFIG)
+    stack.start_serve()
+    wait_until(lambda: stack.consumers("roll") == 2, 60, what="two workers of roll")
+    old = set(_pids(stack))
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="none", max_retries=0)
+
+    def ask(model: str) -> str:
+        reply = client.completions.create(model=model, prompt="x", max_tokens=20, timeout=120)
+        return reply.choices[0].finish_reason
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = [pool.submit(ask, "roll") for _ in range(24)]
+        restart = stack.llmspool("restart", "roll")
+        assert restart.returncode == 0, restart.stderr
+        assert [r.result() for r in replies] == ["length"] * 24  # none lost to the restart
+    wait_until(lambda: len(set(_pids(stack)) - old) == 2, 90, what="two fresh workers")
+    wait_until(lambda: not old & set(_pids(stack)), 30, what="old workers gone")
+
+    stack.config.write_text(ROLL_CONFIG + EXTRA.format(itl=1))
+    added = stack.llmspool("reload")
+    assert added.returncode == 0 and "added extra" in added.stdout, added.stderr
+    wait_until(lambda: stack.consumers("extra") == 1, 60, what="a worker of the added model")
+    # API processes adopt the reloaded file within a second
+    wait_until(lambda: "extra" in [m.id for m in client.models.list()], 10, what="extra listed")
+    assert ask("extra") == "length"
+
+    stack.config.write_text(EXTRA.format(itl=2))
+    changed = stack.llmspool("reload")
+    assert "removed roll" in changed.stdout and "restarted extra" in changed.stdout
+    wait_until(lambda: stack.consumers("roll") == 0, 60, what="the removed model's workers")
+    wait_until(lambda: [m.id for m in client.models.list()] == ["extra"], 10)
+    with pytest.raises(openai.NotFoundError):
+        ask("roll")
+    stack.config.write_text("[[models]]\nname = 'bad'\n")
+    refused = stack.llmspool("reload")
+    assert refused.returncode == 1 and "backend" in refused.stderr

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
+from typing import Any
 
 import httpx
 import pytest
@@ -16,17 +15,8 @@ from tests.helpers import Stack, free_port, wait_until
 pytestmark = pytest.mark.e2e
 
 
-def llmspool(
-    stack: Stack, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspool", *args],
-        env={**stack.env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def llmspool(stack: Stack, *args: str, env: dict[str, str] | None = None) -> Any:
+    return stack.llmspool(*args, **(env or {}))
 
 
 def xinfo_group(stack: Stack, stream: str) -> dict[str, str]:

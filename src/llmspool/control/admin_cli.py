@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from rich.console import Console, Group
 from rich.live import Live
@@ -49,24 +50,38 @@ def run(op: Callable[[Redis, Config], Awaitable[T]]) -> T:
     """Run ``op`` against Redis and the models in force; errors become one line and a code."""
     try:
         settings = Settings()
-        local = load_config(settings.config)
-    except ConfigError as exc:
-        raise fail(exc.message, EXIT_USAGE) from None
+    except ValidationError as exc:
+        raise fail(str(exc).replace("\n", " "), EXIT_USAGE) from None
 
     async def main() -> T:
         redis = connect(settings, max_connections=8)
         try:
-            return await op(redis, await operations.effective_config(redis, local))
+            return await op(redis, await _models_in_force(redis, settings))
         finally:
             await redis.aclose()
 
     try:
         return asyncio.run(main())
+    except ConfigError as exc:
+        raise fail(exc.message, EXIT_USAGE) from None
     except LLMSpoolError as exc:
         raise fail(exc.message, EXIT_REFUSED) from None
     except UNAVAILABLE as exc:
         url = settings.resolved_redis_url()
         raise fail(f"cannot reach Redis at {url}: {exc}", EXIT_REDIS) from None
+
+
+async def _models_in_force(redis: Redis, settings: Settings) -> Config:
+    """The running control loop's models; the local models file only when none runs (a broken
+    local file then is an error)."""
+    try:
+        local = load_config(settings.config)
+    except ConfigError:
+        published = await operations.published_config(redis)
+        if published is None:
+            raise
+        return published
+    return await operations.effective_config(redis, local)
 
 
 def dump(data: Any) -> None:

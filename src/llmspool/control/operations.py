@@ -57,15 +57,20 @@ async def controller_state(redis: Redis) -> ControllerState:
 
 async def effective_config(redis: Redis, local: Config) -> Config:
     """The models the running control loop serves (after reloads), else ``local``."""
+    return await published_config(redis) or local
+
+
+async def published_config(redis: Redis) -> Config | None:
+    """The models file a live control loop published, or None."""
     if not await redis.exists(keys.CONTROLLER):
-        return local
+        return None
     raw: Any = await redis.get(keys.CONFIG)
     if raw is None:
-        return local
+        return None
     try:
         return parse_config(json.loads(raw), source="published models file")
     except ConfigError:
-        return local
+        return None
 
 
 async def models_status(redis: Redis, config: Config) -> list[ModelStatus]:

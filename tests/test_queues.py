@@ -1,0 +1,39 @@
+"""Queue depth as redis-cli shows it, on a real redis-server."""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+
+from llmspool.shared.queues import queue_stats
+from tests.helpers import RedisServer
+
+STREAM = "llmspool:{m}:requests"
+
+
+async def test_lag_pending_oldest_and_dead(clean_redis: RedisServer) -> None:
+    redis = Redis(port=clean_redis.port)
+    try:
+        empty = await queue_stats(redis, "m")
+        assert empty.backlog == 0 and empty.oldest_age() is None and empty.dead == 0
+        await redis.xgroup_create(STREAM, "workers", id="0", mkstream=True)
+        ids = [await redis.xadd(STREAM, {"n": str(i)}) for i in range(4)]
+        await redis.xadd("llmspool:{m}:dead", {"n": "x"})
+        await redis.xreadgroup("workers", "w1", {STREAM: ">"}, count=1)
+        stats = await queue_stats(redis, "m")
+        group = (await redis.xinfo_groups(STREAM))[0]
+        assert (stats.lag, stats.pending) == (group["lag"], group["pending"]) == (3, 1)
+        assert stats.backlog == 4 and stats.dead == 1 and stats.requests.length == 4
+        assert stats.requests.oldest == int(ids[0].split(b"-")[0]) / 1000
+        assert 0 <= stats.oldest_age(time.time()) < 60
+
+        await redis.xack(STREAM, "workers", ids[0])
+        stats = await queue_stats(redis, "m")  # nothing pending: the oldest is undelivered
+        assert stats.pending == 0 and stats.requests.oldest == int(ids[1].split(b"-")[0]) / 1000
+
+        await redis.xdel(STREAM, ids[2])  # a hole: Redis can no longer tell the lag
+        assert (await redis.xinfo_groups(STREAM))[0]["lag"] is None
+        assert (await queue_stats(redis, "m")).lag == 2  # counted one by one instead
+    finally:
+        await redis.aclose()
