@@ -8,6 +8,7 @@ configuration; 3 Redis unreachable; 4 no control loop answered in time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -248,7 +249,7 @@ def top(
     if once:
         out.print(run(lambda r, c: frame(r, c, meter)))
         return
-    with Live(console=out, auto_refresh=False) as live:
+    with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False) as live:
         while True:
             live.update(run(lambda r, c: frame(r, c, meter)), refresh=True)
             time.sleep(interval)

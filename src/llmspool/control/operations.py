@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from llmspool.shared import control, keys, registry
 from llmspool.shared.backlog import queue_stats
-from llmspool.shared.config import Config, ModelConfig, parse_config
+from llmspool.shared.config import Config, parse_config
 from llmspool.shared.control import DrainMode, ReloadStatus
 from llmspool.shared.errors import ConfigError, InvalidRequest, NotFound
 from llmspool.shared.registry import WorkerInfo
@@ -127,7 +127,7 @@ async def set_offline(redis: Redis, config: Config, name: str, offline: bool) ->
 
 async def restart(redis: Redis, config: Config, name: str) -> int:
     """Ask for a rolling restart of ``name``'s workers."""
-    return await control.request_restart(redis, _model(config, name).name)
+    return await control.request_restart(redis, config.model(name).name)
 
 
 async def find_worker(redis: Redis, ident: str) -> WorkerInfo:
@@ -160,10 +160,6 @@ async def reload(redis: Redis, wait: float) -> ReloadStatus:
         if status.applied >= number or time.monotonic() >= deadline:
             return status
         await asyncio.sleep(0.1)
-
-
-def _model(config: Config, name: str) -> ModelConfig:
-    return config.model(name)
 
 
 def _text(value: Any) -> str:
