@@ -6,7 +6,7 @@ import time
 
 from redis.asyncio import Redis
 
-from llmspool.shared.queues import queue_stats
+from llmspool.shared.backlog import queue_stats
 from tests.helpers import RedisServer
 
 STREAM = "llmspool:{m}:requests"

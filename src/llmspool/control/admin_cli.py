@@ -24,9 +24,9 @@ from rich.table import Table
 from llmspool.control import operations
 from llmspool.control.operations import ModelStatus
 from llmspool.shared import keys, registry
+from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.errors import ConfigError, LLMSpoolError
-from llmspool.shared.queues import queue_stats
 from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.registry import WorkerInfo
 from llmspool.shared.settings import Settings

@@ -1,9 +1,15 @@
-"""Queue depth of a model, read the way redis-cli shows it.
+"""A model's backlog as the control plane and operators read it (``llmspool queue``,
+``/admin/models``, the autoscaler).
 
 For each work stream (requests, batch): ``length`` is XLEN, ``lag`` and ``pending`` are the
 consumer group's fields in XINFO GROUPS, ``oldest`` is the enqueue time of the oldest entry not
 yet acknowledged (its id's milliseconds). ``dead`` is XLEN of the dead stream. ``backlog`` =
 lag + pending, summed over both streams: what the autoscaler and KEDA scale on.
+
+:mod:`llmspool.shared.queues` reads the same groups for Prometheus, for many models at once;
+this reader differs where the control plane needs it to: when Redis cannot tell the lag (after
+deletions) it counts the undelivered entries instead of estimating them from the length, so an
+idle model is never kept up by acknowledged entries, and its oldest age covers in-flight jobs.
 """
 
 from __future__ import annotations
