@@ -89,3 +89,5 @@ def test_models_scale_offline_and_errors(fake_stack: Stack) -> None:
 
     reload = llmspool(fake_stack, "reload", "--wait", "0.5")
     assert reload.returncode == 4 and "no control loop" in reload.stderr
+    restart = llmspool(fake_stack, "restart", "fake")
+    assert restart.returncode == 4 and "no control loop" in restart.stderr

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from llmspool.consumers.worker import ensure_groups
 from llmspool.control.controller import Controller
 from llmspool.shared import control, keys
 from llmspool.shared.config import Config, ModelConfig, parse_config
@@ -53,7 +52,6 @@ async def redis(clean_redis: RedisServer) -> AsyncIterator[Redis]:
 
 
 async def test_backlog_pins_and_offline(redis: Redis) -> None:
-    await ensure_groups(redis, "a")  # as the API does at start
     driver = RecordingDriver()
     controller = Controller(BASE, redis, driver, lambda: BASE)
     await controller.start()

@@ -2,7 +2,7 @@
 ``reload``. They talk to Redis directly (``LLMSPOOL_REDIS_URL``), like the admin API.
 
 Exit codes: 0 done; 1 refused (unknown model or worker, a value out of bounds); 2 bad usage or
-configuration; 3 Redis unreachable; 4 no control loop answered in time.
+configuration; 3 Redis unreachable; 4 no control loop runs or answered in time.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from llmspool.control.operations import ModelStatus
 from llmspool.shared import keys, registry
 from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, load_config
-from llmspool.shared.errors import ConfigError, LLMSpoolError
+from llmspool.shared.errors import ConfigError, LLMSpoolError, NoControlLoop
 from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.registry import WorkerInfo
 from llmspool.shared.settings import Settings
@@ -65,6 +65,8 @@ def run(op: Callable[[Redis, Config], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except ConfigError as exc:
         raise fail(exc.message, EXIT_USAGE) from None
+    except NoControlLoop as exc:
+        raise fail(exc.message, EXIT_TIMEOUT) from None
     except LLMSpoolError as exc:
         raise fail(exc.message, EXIT_REFUSED) from None
     except UNAVAILABLE as exc:

@@ -56,6 +56,8 @@ class Controller:
 
     async def start(self) -> None:
         """Publish the models in force; ignore restart and reload requests made before now."""
+        for name in self.config.names():  # so jobs queued before any API are counted
+            await ensure_groups(self.redis, name)
         controls = await control.model_controls(self.redis, self.config.names())
         self.restarts_seen = {name: c.restart for name, c in controls.items()}
         self.reload_seen = (await control.reload_status(self.redis)).requested

@@ -18,7 +18,7 @@ from llmspool.shared import control, keys, registry
 from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, parse_config
 from llmspool.shared.control import DrainMode, ReloadStatus
-from llmspool.shared.errors import ConfigError, InvalidRequest, NotFound
+from llmspool.shared.errors import ConfigError, InvalidRequest, NoControlLoop, NotFound
 from llmspool.shared.registry import WorkerInfo
 
 
@@ -126,8 +126,11 @@ async def set_offline(redis: Redis, config: Config, name: str, offline: bool) ->
 
 
 async def restart(redis: Redis, config: Config, name: str) -> int:
-    """Ask for a rolling restart of ``name``'s workers."""
-    return await control.request_restart(redis, config.model(name).name)
+    """Ask the running control loop for a rolling restart of ``name``'s workers."""
+    model = config.model(name)
+    if (await controller_state(redis)).driver is None:
+        raise NoControlLoop()  # a loop started later ignores older restart requests
+    return await control.request_restart(redis, model.name)
 
 
 async def find_worker(redis: Redis, ident: str) -> WorkerInfo:

@@ -11,7 +11,8 @@
     ├── RequestNotFound           404 a request id whose reply log is unknown or expired
     ├── QueueFull                 429 rate_limit_error, Retry-After
     ├── ServiceUnavailable        503 service_unavailable (Redis away)
-    │   └── ModelOffline          503 service_unavailable, code model_offline
+    │   ├── ModelOffline          503 service_unavailable, code model_offline
+    │   └── NoControlLoop         503 service_unavailable (an action needs a running control loop)
     ├── NotFound                  404 not_found_error (admin API: no such worker)
     ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
     ├── ConfigError               a models file or setting is wrong (raised at start, not served)
@@ -134,6 +135,15 @@ class ModelOffline(ServiceUnavailable):
         super().__init__(
             f"The model '{model}' is offline: an operator took it out of service. Try again later.",
             param="model",
+        )
+
+
+class NoControlLoop(ServiceUnavailable):
+    default_code = "no_control_loop"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no control loop is running (start `llmspool serve` or `llmspool controller`)"
         )
 
 
