@@ -7,6 +7,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
 
@@ -73,6 +74,8 @@ def test_burst_grows_zero_to_max_serves_all_and_returns_to_zero(
     assert watcher.peak == 3, stack.log("serve.log")
     groups = stack.redis.client().xinfo_groups("llmspool:{burst}:requests")
     assert groups[0]["lag"] == 0 and groups[0]["pending"] == 0
+    metrics = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
+    assert 'llmspool:desired_workers{model_name="burst"} 0.0' in metrics
 
 
 def test_killed_worker_is_restarted(stack_factory: StackFactory) -> None:

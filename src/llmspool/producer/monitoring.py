@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from llmspool.control import operations
 from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry, requestlog
@@ -39,7 +42,8 @@ async def _queue_registry(producer: Producer) -> CollectorRegistry:
     names = producer.config.names()
     try:
         snapshot = await asyncio.wait_for(
-            queue_metrics.snapshot(producer.redis, names), SCRAPE_REDIS_TIMEOUT
+            _with_desired(producer, queue_metrics.snapshot(producer.redis, names)),
+            SCRAPE_REDIS_TIMEOUT,
         )
         collectors.register(queue_metrics.QueueCollector(snapshot))
     except (TimeoutError, *UNAVAILABLE) as exc:
@@ -60,6 +64,15 @@ async def metrics_targets(producer: ProducerDep) -> list[dict[str, Any]]:
         {"targets": sorted(targets), "labels": {"model_name": model}}
         for model, targets in sorted(by_model.items())
     ]
+
+
+async def _with_desired(
+    producer: Producer, reading: Awaitable[list[queue_metrics.ModelQueues]]
+) -> list[queue_metrics.ModelQueues]:
+    """The snapshot, with the worker counts the live control loop wants (when one runs)."""
+    snapshot = await reading
+    desired = (await operations.controller_state(producer.redis)).desired
+    return [dataclasses.replace(m, desired=desired.get(m.model)) for m in snapshot]
 
 
 @router.post("/v1/feedback")

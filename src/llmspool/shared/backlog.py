@@ -6,10 +6,11 @@ consumer group's fields in XINFO GROUPS, ``oldest`` is the enqueue time of the o
 yet acknowledged (its id's milliseconds). ``dead`` is XLEN of the dead stream. ``backlog`` =
 lag + pending, summed over both streams: what the autoscaler and KEDA scale on.
 
-:mod:`llmspool.shared.queues` reads the same groups for Prometheus, for many models at once;
-this reader differs where the control plane needs it to: when Redis cannot tell the lag (after
-deletions) it counts the undelivered entries instead of estimating them from the length, so an
-idle model is never kept up by acknowledged entries, and its oldest age covers in-flight jobs.
+:mod:`llmspool.producer.queue_metrics` reads the same groups for Prometheus, for many models
+at once; this reader differs where the control plane needs it to: when Redis cannot tell the lag
+(after deletions) it counts the undelivered entries instead of estimating them from the length,
+so an idle model is never kept up by acknowledged entries, and its oldest age covers in-flight
+jobs.
 """
 
 from __future__ import annotations
