@@ -33,6 +33,7 @@ def test_the_example_serves_both_models_side_by_side(stack_factory: StackFactory
         "backend": "llama_cpp",
         "capabilities": ["chat", "completion", "embedding"],
         "workers": 1,
+        "status": "online",
     }
     assert listed["fake"]["backend"] == "fake" and listed["fake"]["workers"] == 1
 
