@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 _WILDCARDS = ("0.0.0.0", "::", "")
 _UPKEEP_MAX = 1.0  # seconds
 _CANCEL_MEMORY = 10_000  # ids of cancelled requests remembered to skip them if still queued
+_TASK_STOP_TIMEOUT = 2.0  # seconds background tasks get to end once cancelled
 
 
 def new_worker_id(model: str) -> str:
@@ -143,7 +144,8 @@ class Worker:
             await asyncio.gather(*still, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a background task stuck in a Redis call must not keep the process alive.
+        await asyncio.wait(self._tasks, timeout=_TASK_STOP_TIMEOUT)
         await self.publisher.stop()
         with contextlib.suppress(*UNAVAILABLE):
             await registry.deregister(self.redis, self.id)
