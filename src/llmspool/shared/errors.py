@@ -9,6 +9,7 @@
     │   └── IdempotencyConflict   400 an Idempotency-Key reused for a different request
     ├── ModelNotFound             404 invalid_request_error, code model_not_found
     ├── RequestNotFound           404 a request id whose reply log is unknown or expired
+    ├── NotFound                  404 invalid_request_error (no such file or batch)
     ├── QueueFull                 429 rate_limit_error, Retry-After
     ├── ServiceUnavailable        503 service_unavailable (Redis away, model offline)
     ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
@@ -105,6 +106,15 @@ class RequestNotFound(LLMSpoolError):
         )
 
 
+class NotFound(LLMSpoolError):
+    """A file or batch id that does not exist (any more)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+    should_retry = False
+
+
 class QueueFull(LLMSpoolError):
     status_code = 429
     error_type = "rate_limit_error"
@@ -163,7 +173,7 @@ def from_wire(kind: str, message: str, code: str | None, param: str | None) -> L
     """Rebuild an error that crossed Redis in a reply frame (``kind`` is its class name)."""
     by_name = {cls.__name__: cls for cls in _subclasses(LLMSpoolError)}
     cls = by_name.get(kind, EngineError)
-    if cls in (ModelNotFound, QueueFull, IdempotencyConflict, RequestNotFound):
+    if cls in (ModelNotFound, NotFound, QueueFull, IdempotencyConflict, RequestNotFound):
         cls = EngineError
     error = cls(message, param=param, code=code)
     return error
