@@ -20,7 +20,7 @@ from llmspool.batch import results
 from llmspool.batch.steps import FINALIZE, enqueue_step
 from llmspool.batch.store import BatchStore
 from llmspool.consumers.publisher import ReplySink
-from llmspool.shared.errors import DeadlineExceeded, EngineError, LLMSpoolError
+from llmspool.shared.errors import EngineError, LLMSpoolError
 from llmspool.shared.messages import Job, ReplyFrame, WireError
 from llmspool.shared.protocol import FinishReason, Usage
 from llmspool.shared.redis import UNAVAILABLE
@@ -74,7 +74,10 @@ class BatchLines:
             verdict = await self.store.claim(job.batch_id, job.batch_line, entry_id)
             if verdict != "run":  # recorded already, a duplicate, or the batch stopped
                 return True
-            record, ok, tokens = await self._attempt(job)
+            attempt = await self._attempt(job)
+            if attempt is None:  # the completion window ended: reported as batch_expired
+                return True
+            record, ok, tokens = attempt
             answer = await self.store.record(
                 job.batch_id, job.batch_line, record, ok=ok, tokens=tokens
             )
@@ -85,20 +88,20 @@ class BatchLines:
             return False
         return True
 
-    async def _attempt(self, job: Job) -> tuple[results.Record, bool, tuple[int, int]]:
-        """Run the line; its record, whether it succeeded, and its (prompt, output) tokens."""
+    async def _attempt(self, job: Job) -> tuple[results.Record, bool, tuple[int, int]] | None:
+        """Run the line: its record, whether it succeeded, and its (prompt, output) tokens;
+        None when the batch's completion window (the job's deadline) ended first."""
         reply = CollectedReply(job.request_id)
         try:
             async with asyncio.timeout_at(_loop_time_at(job.deadline)):
                 await self._execute(job, reply)
         except TimeoutError:
-            error: LLMSpoolError = DeadlineExceeded("The batch's completion window ended.")
-            return results.failure_record(job, error), False, (0, 0)
+            return None
         except LLMSpoolError as exc:
             return results.failure_record(job, exc), False, (0, 0)
         except Exception as exc:
             log.exception("batch line %s failed", job.request_id)
-            error = EngineError(f"engine error: {exc}")
+            error: LLMSpoolError = EngineError(f"engine error: {exc}")
             return results.failure_record(job, error), False, (0, 0)
         final = reply.final
         if final is None:

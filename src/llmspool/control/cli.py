@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from llmspool import __version__
+from llmspool.control.batch_cli import batch_app
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.logs import configure
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
+app.add_typer(batch_app, name="batch")
 
 
 def _load(process: str) -> tuple[Settings, Config]:
