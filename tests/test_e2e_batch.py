@@ -172,10 +172,10 @@ def test_restarts_mid_batch_give_exactly_one_result_per_line(slow_stack: Stack) 
 
 
 def test_expiry_reports_what_finished(stack_factory: StackFactory) -> None:
-    stack = stack_factory(SLOW_CONFIG, LLMSPOOL_BATCH_WINDOW="3", **BATCH_ENV)
+    stack = stack_factory(SLOW_CONFIG, LLMSPOOL_BATCH_WINDOW="6", **BATCH_ENV)
     stack.start_api()
     stack.start_worker("fake")
-    stack.start_batch_worker()
+    stack.start_batch_worker(wait=True)
     client = _client(stack)
     created = submit(client, chat_lines(100, max_tokens=8))
     batch = wait_status(client, created.id, timeout=60)

@@ -207,7 +207,10 @@ def list_batches(
     """List batches, newest first."""
     with _client(api, api_key) as client:
         page = _call(client, "GET", "/v1/batches", params={"limit": limit}).json()
-    table = Table("id", "status", "model", "done", "failed", "total", "created")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=38)
+    for name in ("status", "model", "done", "failed", "total", "created"):
+        table.add_column(name)
     for batch in page["data"]:
         counts = batch["request_counts"]
         table.add_row(
