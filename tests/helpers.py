@@ -140,7 +140,7 @@ class Stack:
         process = self.spawn(
             "worker", "--model", model, log=f"worker-{model.replace('/', '_')}.log", **env
         )
-        if wait:
+        if wait:  # until this process is in the registry (a dead worker's entry may linger)
             wait_until(
                 lambda: self.registered(process.pid) or process.poll() is not None,
                 60,
@@ -165,6 +165,11 @@ class Stack:
                 what="the batch worker",
             )
         return process
+
+    def registered(self, pid: int) -> bool:
+        """Whether the worker process ``pid`` is in the registry."""
+        client = self.redis.client()
+        return any(client.hget(key, "pid") == str(pid) for key in client.keys("llmspool:worker:*"))
 
     def consumers(self, model: str) -> int:
         """Live workers of ``model`` in the registry."""

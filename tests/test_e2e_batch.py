@@ -17,10 +17,11 @@ from openai.types import Batch
 
 from tests.batch_helpers import chat_lines, once_each, outcome, submit, wait_status
 from tests.conftest import StackFactory
-from tests.helpers import Stack
+from tests.helpers import RedisServer, Stack, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.batch]
 
+HI = [{"role": "user", "content": "Hi"}]
 BATCH_ENV = {"LLMSPOOL_BATCH_SWEEP_SECONDS": "1", "LLMSPOOL_BATCH_LEASE": "2"}
 
 
@@ -126,6 +127,10 @@ def test_cancel_stops_dispatching_and_keeps_finished(slow_stack: Stack) -> None:
     client = _client(slow_stack)
     created = submit(client, chat_lines(40, max_tokens=8))
     _wait_done(client, created.id, 4)
+    # interactive work goes first: served while the batch is still far from done
+    reply = client.chat.completions.create(model="fake", messages=HI, max_tokens=2)
+    assert reply.choices[0].finish_reason == "length"
+    assert client.batches.retrieve(created.id).status == "in_progress"
     cancelling = client.batches.cancel(created.id)
     assert cancelling.status in ("cancelling", "cancelled")
     batch = wait_status(client, created.id)
@@ -253,3 +258,32 @@ def test_cli_submit_wait_download(batch_stack: Stack, tmp_path: Path) -> None:
     assert "20 completed, 0 failed of 20" in status.stdout
     cancelled = _cli(batch_stack, "cancel", batch_id)
     assert cancelled.returncode == 1 and "Cannot cancel" in cancelled.stderr
+
+
+def test_redis_restart_mid_batch_loses_no_line(tmp_path: Path) -> None:
+    """kill -9 of an append-only redis-server mid-batch: every line still gets one result."""
+    server = RedisServer(
+        free_port(), tmp_path / "aof", extra=("--appendonly", "yes", "--appendfsync", "always")
+    )
+    server.start()
+    config = tmp_path / "llmspool.toml"
+    config.write_text(SLOW_CONFIG)
+    stack = Stack(server, config, tmp_path, extra_env=BATCH_ENV)
+    try:
+        stack.start_api()
+        stack.start_worker("fake")
+        batch_worker = stack.start_batch_worker(wait=True)
+        client = _client(stack)
+        created = submit(client, chat_lines(40, max_tokens=6))
+        _wait_done(client, created.id, 5)
+        server.stop(signal.SIGKILL)
+        server.start()
+        if batch_worker.poll() is not None:  # arq gives up when Redis goes away
+            stack.start_batch_worker()
+        batch = wait_status(client, created.id, timeout=120)
+        assert batch.status == "completed", batch
+        good, errors = outcome(client, batch)
+        assert errors == [] and set(once_each(good)) == {f"req-{i}" for i in range(40)}
+    finally:
+        stack.stop()
+        server.stop()

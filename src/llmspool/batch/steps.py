@@ -188,7 +188,8 @@ async def _freeze(store: BatchStore, state: BatchState, settings: Settings) -> s
         )
         return "completed" if moved else None
     if state.status == "cancelling":
-        await _wait_running(store, state.id, settings.batch_cancel_grace)
+        if state.count("running") > 0 and not _grace_over(state, settings.batch_cancel_grace):
+            return None  # finalized when its last running line is recorded, or by the sweep
         moved = await store.transition(
             state.id, "cancelling", allowed=("cancelling",), ending="cancelled", stamp=False
         )
@@ -198,14 +199,9 @@ async def _freeze(store: BatchStore, state: BatchState, settings: Settings) -> s
     return None
 
 
-async def _wait_running(store: BatchStore, batch_id: str, grace: float) -> None:
-    """Let lines already running finish (their results are kept), up to ``grace`` seconds."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        state = await _state(store, batch_id)
-        if state is None or state.count("running") <= 0:
-            return
-        await asyncio.sleep(0.25)
+def _grace_over(state: BatchState, grace: float) -> bool:
+    cancelling_at = state.stamp("cancelling_at") or 0.0
+    return time.time() > cancelling_at + grace
 
 
 async def _write_outputs(ctx: Ctx, batch_id: str, ending: str) -> None:
@@ -350,7 +346,9 @@ def _retrying(step: Any) -> Any:
 
 def create_worker(settings: Settings, config: Config) -> Worker:
     """The arq worker running the batch lifecycle: ``llmspool batch-worker``."""
-    timeout = int(settings.batch_cancel_grace) + 300
+    # Steps are short (none waits): a step cut off by a crash is picked up again once arq's
+    # in-progress mark of it expires, at most this timeout (+10 s) later.
+    timeout = 120
     functions = [
         func(_retrying(step), name=step.__name__, max_tries=20, timeout=timeout)
         for step in (validate_batch, fan_out_batch, finalize_batch)

@@ -55,7 +55,8 @@ return 'run'
 
 #: Record line ARGV[1]'s result ARGV[2] once, counting it under ARGV[3] ('completed' or
 #: 'failed') with ARGV[4] input and ARGV[5] output tokens. Returns -1 (the batch is frozen),
-#: 0 (already recorded), 1 (recorded) or 2 (recorded, and every line now has a result).
+#: 0 (already recorded), 1 (recorded), 2 (recorded, and every line now has a result) or 3
+#: (recorded, and it was the last running line of a cancelling batch).
 _RECORD = """
 if redis.call('HGET', KEYS[1], 'frozen') == '1' then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
@@ -70,6 +71,8 @@ local done = tonumber(redis.call('HGET', KEYS[1], 'completed') or '0')
   + tonumber(redis.call('HGET', KEYS[1], 'failed') or '0')
 local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '-1')
 if total >= 0 and done >= total then return 2 end
+if redis.call('HGET', KEYS[1], 'status') == 'cancelling'
+  and tonumber(redis.call('HGET', KEYS[1], 'running') or '0') <= 0 then return 3 end
 return 1
 """
 

@@ -81,7 +81,7 @@ class BatchLines:
             answer = await self.store.record(
                 job.batch_id, job.batch_line, record, ok=ok, tokens=tokens
             )
-            if answer == 2:
+            if answer in (2, 3):  # every line done, or a cancelling batch's last running one
                 await enqueue_step(self.redis, FINALIZE, job.batch_id)
         except UNAVAILABLE as exc:  # left pending: reclaimed and settled again later
             log.warning("batch line %s not settled, redis unavailable: %s", job.request_id, exc)
