@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -17,7 +18,7 @@ from llmspool.control.redis_server import port_in_use, start_redis
 from llmspool.control.supervisor import BATCH_POOL, Supervisor
 from llmspool.producer.app import create_app
 from llmspool.shared.config import Config
-from llmspool.shared.redis import connect
+from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,16 @@ def run_batch_worker(settings: Settings, config: Config) -> None:
     """The arq worker running the batch lifecycle; stops on SIGTERM (arq's handlers)."""
     from llmspool.batch.steps import create_worker
 
-    # arq cancels running steps on SIGTERM (they are retried by the next batch worker) and its
-    # close() then re-raises that cancellation: a clean stop, not an error.
-    with contextlib.suppress(asyncio.CancelledError):
-        create_worker(settings, config).run()
+    while True:
+        try:
+            # arq cancels running steps on SIGTERM (they are retried by the next batch worker)
+            # and its close() then re-raises that cancellation: a clean stop, not an error.
+            with contextlib.suppress(asyncio.CancelledError):
+                create_worker(settings, config).run()
+            return
+        except UNAVAILABLE as exc:  # arq stops when Redis goes away: start it again
+            log.warning("batch worker lost redis (%s); starting again in 1 s", exc)
+            time.sleep(1)
 
 
 def run_serve(settings: Settings, config: Config) -> None:
