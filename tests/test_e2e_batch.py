@@ -285,3 +285,46 @@ def test_redis_restart_mid_batch_loses_no_line(tmp_path: Path) -> None:
     finally:
         stack.stop()
         server.stop()
+
+
+def test_completions_and_embeddings_batches(bclient: openai.OpenAI) -> None:
+    completions = [
+        json.dumps(
+            {
+                "custom_id": f"c{i}",
+                "method": "POST",
+                "url": "/v1/completions",
+                "body": {"model": "fake", "prompt": f"p{i}", "max_tokens": 3},
+            }
+        )
+        for i in range(5)
+    ]
+    embeddings = [
+        json.dumps(
+            {
+                "custom_id": f"e{i}",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "fake", "input": ["a b", f"c {i}"]},
+            }
+        )
+        for i in range(5)
+    ]
+    done = wait_status(bclient, submit(bclient, completions, "/v1/completions").id)
+    good, errors = outcome(bclient, done)
+    assert done.status == "completed" and errors == [] and len(once_each(good)) == 5
+    assert good[0]["response"]["body"]["object"] == "text_completion"
+    assert len(good[0]["response"]["body"]["choices"][0]["text"].split()) == 3
+    done = wait_status(bclient, submit(bclient, embeddings, "/v1/embeddings").id)
+    good, errors = outcome(bclient, done)
+    assert done.status == "completed" and errors == [] and len(once_each(good)) == 5
+    body = good[0]["response"]["body"]
+    assert body["object"] == "list" and [d["index"] for d in body["data"]] == [0, 1]
+    # a line whose url is not the batch's endpoint fails alone
+    mixed = wait_status(
+        bclient, submit(bclient, [*embeddings[:2], completions[0]], "/v1/embeddings").id
+    )
+    assert mixed.request_counts is not None
+    assert (mixed.request_counts.completed, mixed.request_counts.failed) == (2, 1)
+    _, errors = outcome(bclient, mixed)
+    assert errors[0]["custom_id"] == "c0" and errors[0]["error"]["code"] == "mismatched_endpoint"
