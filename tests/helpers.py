@@ -166,11 +166,6 @@ class Stack:
             )
         return process
 
-    def registered(self, pid: int) -> bool:
-        """Whether the worker process ``pid`` is in the registry."""
-        client = self.redis.client()
-        return any(client.hget(key, "pid") == str(pid) for key in client.keys("llmspool:worker:*"))
-
     def consumers(self, model: str) -> int:
         """Live workers of ``model`` in the registry."""
         client = self.redis.client()

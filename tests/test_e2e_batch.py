@@ -22,7 +22,7 @@ from tests.helpers import RedisServer, Stack, free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.batch]
 
 HI = [{"role": "user", "content": "Hi"}]
-BATCH_ENV = {"LLMSPOOL_BATCH_SWEEP_SECONDS": "1", "LLMSPOOL_BATCH_LEASE": "2"}
+BATCH_ENV = {"LLMSPOOL_BATCH_SWEEP_SECONDS": "1", "LLMSPOOL_LEASE": "2"}
 
 
 @pytest.fixture

@@ -133,11 +133,6 @@ class Settings(BaseSettings):
         description="Slots of each worker kept free of batch lines for interactive requests "
         "(at most its capacity minus one, so a one-slot worker still serves batches).",
     )
-    batch_lease: float = Field(
-        default=60.0,
-        gt=0,
-        description="A batch line idle this long on a worker that died is reclaimed by another.",
-    )
     batch_cancel_grace: float = Field(
         default=60.0,
         ge=0,
