@@ -158,7 +158,7 @@ class Stack:
         process = self.spawn(
             "worker", "--model", model, log=f"worker-{model.replace('/', '_')}.log", **env
         )
-        if wait:
+        if wait:  # until this process is in the registry (a dead worker's entry may linger)
             wait_until(
                 lambda: self.registered(process.pid) or process.poll() is not None,
                 60,
@@ -166,6 +166,22 @@ class Stack:
             )
             if process.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log(f'worker-{model}.log')}")
+        return process
+
+    def start_batch_worker(self, wait: bool = False) -> subprocess.Popen[bytes]:
+        """The arq worker running the batch lifecycle (jobs wait in Redis until it runs);
+        ``wait``: until it has joined its queue (arq's health-check key)."""
+        client = self.redis.client()
+        client.delete("llmspool:batchjobs:health-check")
+        process = self.spawn("batch-worker", log="batch-worker.log")
+        if wait:
+            wait_until(
+                lambda: (
+                    client.exists("llmspool:batchjobs:health-check") or process.poll() is not None
+                ),
+                60,
+                what="the batch worker",
+            )
         return process
 
     def consumers(self, model: str) -> int:

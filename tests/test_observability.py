@@ -230,6 +230,12 @@ def test_client_going_away_is_an_abort(observed: Stack) -> None:
     wait_until(lambda: len(_records(observed)) == 1, 20, what="the aborted request's record")
     (record,) = _records(observed)
     assert record["request_id"] == request_id and record["outcome"] == "abort"
+    address = observed.redis.client().hget(_worker_key(observed), "metrics")
+    cancelled = ("llmspool:worker_jobs_total", {**M, "outcome": "cancelled"})
+    wait_until(
+        lambda: scrape(f"http://{address}/metrics").get(cancelled) == 1,
+        30, what="the worker's cancelled job",
+    )  # fmt: skip
 
 
 def test_a_request_nobody_serves(observed: Stack) -> None:

@@ -60,9 +60,12 @@ class Deliveries:
         self.lease_ms = max(1, int(lease * 1000))
         self._streams = keys.model_streams(model)
 
-    async def read(self, count: int, block_ms: int) -> list[Entry]:
-        """New entries (first deliveries), waiting up to ``block_ms`` for some."""
-        stream = keys.requests_stream(self.model)
+    async def read(
+        self, count: int, block_ms: int | None, stream: str | None = None
+    ) -> list[Entry]:
+        """New entries (first deliveries) of ``stream`` (default: the requests stream),
+        waiting up to ``block_ms`` for some (None: not at all)."""
+        stream = stream or keys.requests_stream(self.model)
         reply = await self.redis.xreadgroup(
             keys.GROUP, self.consumer, {stream: ">"}, count=count, block=block_ms
         )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 from redis.asyncio import Redis
 
@@ -28,6 +29,21 @@ from llmspool.shared.redis import UNAVAILABLE
 log = logging.getLogger(__name__)
 
 _RETRY_DELAY = 0.2  # seconds between tries to publish while Redis is away
+
+
+class ReplySink(Protocol):
+    """Where a running job's text and final frame go: a published :class:`ReplyStream`, or a
+    batch line's reply collected in memory."""
+
+    def write(self, text: str, tokens: int) -> None: ...
+
+    async def finish(
+        self,
+        finish_reason: FinishReason | None = None,
+        usage: Usage | None = None,
+        error: WireError | None = None,
+        embeddings: list[list[float]] | None = None,
+    ) -> None: ...
 
 
 class ReplyStream:

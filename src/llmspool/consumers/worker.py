@@ -6,6 +6,10 @@ jobs whose worker died, else XREADGROUP as many jobs as there are free slots; ru
 task) and ``shutdown`` (stop reading, let running jobs finish for ``drain_timeout``, hand back
 the rest). SIGTERM and SIGINT start the shutdown.
 
+Interactive jobs come first: the batch stream is read only when the requests stream has
+nothing waiting, and batch lines never take the last ``batch_reserve`` slots; a batch line is
+acknowledged once its result is recorded (:mod:`llmspool.consumers.batching`).
+
 A job is acknowledged only after its final frame is published. A job whose engine raised is
 handed back for another attempt; after ``max_attempts`` it goes to the dead stream (see
 :mod:`llmspool.consumers.delivery` for leases, attempts and trimming).
@@ -28,8 +32,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from llmspool.consumers.backends.base import Backend
+from llmspool.consumers.batching import BatchLines
 from llmspool.consumers.delivery import Deliveries, Entry
-from llmspool.consumers.publisher import ReplyPublisher, ReplyStream
+from llmspool.consumers.publisher import ReplyPublisher, ReplySink, ReplyStream
 from llmspool.shared import control, keys, registry
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import DeadlineExceeded, JobFailed, LLMSpoolError
@@ -44,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _WILDCARDS = ("0.0.0.0", "::", "")
 _UPKEEP_MAX = 1.0  # seconds
+#: While batch lines fill their slots, a read that waits only for interactive work returns this
+#: often, so a batch slot that frees up is refilled soon.
+_BATCH_POLL_MS = 20
 _CANCEL_MEMORY = 10_000  # ids of cancelled requests remembered to skip them if still queued
 _TASK_STOP_TIMEOUT = 2.0  # seconds background tasks get to end once cancelled
 
@@ -69,6 +77,8 @@ class Worker:
         )
         self.deliveries = Deliveries(redis, model.name, self.id, settings.lease)
         self.running: dict[str, tuple[Entry, asyncio.Task[None]]] = {}
+        self.batch = BatchLines(redis, self._execute)
+        self.batch_slots = self.capacity - min(settings.batch_reserve, self.capacity - 1)
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self._lost: set[str] = set()
         self._slot_freed = asyncio.Event()
@@ -222,7 +232,7 @@ class Worker:
                 reclaimed = await self.deliveries.reclaim(free)
                 if reclaimed:
                     return reclaimed
-            return await self.deliveries.read(free, self._block_ms)
+            return await self._read_new(free)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -232,8 +242,26 @@ class Worker:
             await asyncio.sleep(0.5)
         return []
 
+    async def _read_new(self, free: int) -> list[Entry]:
+        """Interactive jobs first; batch lines only into free batch slots."""
+        entries = await self.deliveries.read(free, None)
+        if entries:
+            return entries
+        batch_free = self.batch_slots - self._batch_running()
+        if batch_free > 0:
+            stream = keys.batch_stream(self.model.name)
+            entries = await self.deliveries.read(min(free, batch_free), None, stream)
+            if entries:
+                return entries
+        block = _BATCH_POLL_MS if batch_free <= 0 else self._block_ms
+        return await self.deliveries.read(free, block)
+
+    def _batch_running(self) -> int:
+        return sum(1 for entry, _ in self.running.values() if _is_batch(entry.stream))
+
     def _spawn(self, entry: Entry) -> None:
-        request_id = entry.request_id
+        # a batch line is keyed by its entry: a line queued twice has one request id
+        request_id = entry.id if _is_batch(entry.stream) else entry.request_id
         task = asyncio.create_task(self._handle(entry), name=request_id)
         self.running[request_id] = (entry, task)
         task.add_done_callback(lambda _: self._finished(request_id))
@@ -263,6 +291,10 @@ class Worker:
             return
         except Exception as exc:  # a malformed entry must not wedge the queue
             await self.deliveries.bury(entry, f"malformed job entry: {exc}")
+            return
+        if job.batch_id is not None:
+            if await self.batch.run(job, entry.id):
+                await self.deliveries.ack(entry)
             return
         if job.request_id in self._cancelled:
             self.metrics.settled("cancelled")
@@ -362,7 +394,7 @@ class Worker:
         if reply.first_text_at is not None:
             self.metrics.first_token.observe(reply.first_text_at - reply.started_at)
 
-    async def _execute(self, job: Job, reply: ReplyStream) -> None:
+    async def _execute(self, job: Job, reply: ReplySink) -> None:
         if job.kind is JobKind.EMBEDDING:
             await self._embed(job, reply)
             return
@@ -374,7 +406,7 @@ class Worker:
                 return
         raise LLMSpoolError("the engine ended the generation without a finish reason")
 
-    async def _embed(self, job: Job, reply: ReplyStream) -> None:
+    async def _embed(self, job: Job, reply: ReplySink) -> None:
         if not isinstance(job.body, EmbeddingRequest):
             raise LLMSpoolError("embedding job without an embedding request")
         texts = job.body.texts()
@@ -438,3 +470,7 @@ def _float(value: str | None) -> float | None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _is_batch(stream: str) -> bool:
+    return stream.endswith(":batch")

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from llmspool import __version__
 from llmspool.control import admin_cli
+from llmspool.control.batch_cli import batch_app
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.logs import configure
@@ -22,6 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
+app.add_typer(batch_app, name="batch")
 
 
 def _load(process: str) -> tuple[Settings, Config]:
@@ -69,6 +71,15 @@ def worker(model: Annotated[str, typer.Option("--model", "-m", help="Model to se
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None
+
+
+@app.command("batch-worker")
+def batch_worker() -> None:
+    """Run the arq worker that validates, fans out, finalizes and expires batches."""
+    from llmspool.control.runner import run_batch_worker
+
+    settings, config = _load("batch-worker")
+    run_batch_worker(settings, config)
 
 
 @app.command()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,10 +17,10 @@ from llmspool.consumers.worker import Worker
 from llmspool.control.controller import Controller
 from llmspool.control.driver import LocalDriver
 from llmspool.control.redis_server import port_in_use, start_redis
-from llmspool.control.supervisor import Supervisor
+from llmspool.control.supervisor import BATCH_POOL, Supervisor
 from llmspool.producer.app import create_app
 from llmspool.shared.config import Config, load_config
-from llmspool.shared.redis import connect
+from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,22 @@ def run_worker(settings: Settings, config: Config, model_name: str) -> None:
     run_async(main())
 
 
+def run_batch_worker(settings: Settings, config: Config) -> None:
+    """The arq worker running the batch lifecycle; stops on SIGTERM (arq's handlers)."""
+    from llmspool.batch.steps import create_worker
+
+    while True:
+        try:
+            # arq cancels running steps on SIGTERM (they are retried by the next batch worker)
+            # and its close() then re-raises that cancellation: a clean stop, not an error.
+            with contextlib.suppress(asyncio.CancelledError):
+                create_worker(settings, config).run()
+            return
+        except UNAVAILABLE as exc:  # arq stops when Redis goes away: start it again
+            log.warning("batch worker lost redis (%s); starting again in 1 s", exc)
+            time.sleep(1)
+
+
 def run_serve(settings: Settings, config: Config) -> None:
     """Redis (unless LLMSPOOL_REDIS_URL is set), the API, and each model's workers."""
     redis_process = None
@@ -94,6 +112,7 @@ async def _supervise(settings: Settings, config: Config, env: dict[str, str]) ->
     supervisor = Supervisor(env)
     for model in config.models:
         supervisor.set_desired(model.name, model.min_workers, model.max_workers)
+    supervisor.run_service(BATCH_POOL, "batch-worker")
     redis = connect(settings, max_connections=16)
     controller = Controller(config, redis, LocalDriver(supervisor), lambda: _reload(settings))
     stopping = asyncio.Event()

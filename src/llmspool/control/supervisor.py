@@ -1,6 +1,7 @@
 """The local process supervisor: keeps each model's pool of ``llmspool worker`` processes at
-its desired size, never above its maximum, restarts crashed workers with backoff, rolls a pool
-over to fresh workers on request, and stops them cleanly.
+its desired size, never above its maximum (and the ``llmspool batch-worker`` running the batch
+lifecycle), restarts crashed workers with backoff, rolls a pool over to fresh workers on request,
+and stops them cleanly.
 
 Every child stays in the supervisor's process group (no new sessions), so stopping the group
 stops everything.
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 _CLEAN_EXITS = (0, -signal.SIGTERM, -signal.SIGINT)
+
+#: The pool name of the arq worker that runs the batch lifecycle (not a valid model name).
+BATCH_POOL = "<batch-worker>"
 
 
 def llmspool_command(*args: str) -> list[str]:
@@ -185,6 +189,10 @@ class Supervisor:
         pool = self.pool(model)
         pool.maximum = max(count, 1) if maximum is None else maximum
         pool.desired = min(count, pool.maximum)
+
+    def run_service(self, name: str, *args: str) -> None:
+        """Keep one ``llmspool ARGS`` process running (restarted like a worker)."""
+        self.pools[name] = Pool(name, 1, self.env, command=lambda _: llmspool_command(*args))
 
     def set_ready(self, model: str, pids: set[int]) -> None:
         self.pool(model).ready = pids

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from llmspool import __version__
 from llmspool.consumers.worker import ensure_groups
-from llmspool.producer import console, errors, monitoring
+from llmspool.producer import batches, console, errors, monitoring
 from llmspool.producer.admin import router as admin_router
 from llmspool.producer.routes import router
 from llmspool.producer.service import Producer
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     console.install(app)
     app.include_router(monitoring.router)
     app.include_router(admin_router)
+    app.include_router(batches.router)
     errors.install(app)
     return app
 

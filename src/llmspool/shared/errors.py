@@ -9,11 +9,11 @@
     │   └── IdempotencyConflict   400 an Idempotency-Key reused for a different request
     ├── ModelNotFound             404 invalid_request_error, code model_not_found
     ├── RequestNotFound           404 a request id whose reply log is unknown or expired
+    ├── NotFound                  404 invalid_request_error (no such file, batch or worker)
     ├── QueueFull                 429 rate_limit_error, Retry-After
     ├── ServiceUnavailable        503 service_unavailable (Redis away)
     │   ├── ModelOffline          503 service_unavailable, code model_offline
     │   └── NoControlLoop         503 service_unavailable (an action needs a running control loop)
-    ├── NotFound                  404 not_found_error (admin API: no such worker)
     ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
     ├── ConfigError               a models file or setting is wrong (raised at start, not served)
     └── EngineError               500 engine_error (the backend failed the job)
@@ -108,6 +108,15 @@ class RequestNotFound(LLMSpoolError):
         )
 
 
+class NotFound(LLMSpoolError):
+    """A file or batch id that does not exist (any more)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+    should_retry = False
+
+
 class QueueFull(LLMSpoolError):
     status_code = 429
     error_type = "rate_limit_error"
@@ -145,13 +154,6 @@ class NoControlLoop(ServiceUnavailable):
         super().__init__(
             "no control loop is running (start `llmspool serve` or `llmspool controller`)"
         )
-
-
-class NotFound(LLMSpoolError):
-    status_code = 404
-    error_type = "not_found_error"
-    default_code = "not_found"
-    should_retry = False
 
 
 class DeadlineExceeded(LLMSpoolError):
@@ -193,7 +195,14 @@ def from_wire(kind: str, message: str, code: str | None, param: str | None) -> L
     """Rebuild an error that crossed Redis in a reply frame (``kind`` is its class name)."""
     by_name = {cls.__name__: cls for cls in _subclasses(LLMSpoolError)}
     cls = by_name.get(kind, EngineError)
-    if cls in (ModelNotFound, QueueFull, IdempotencyConflict, RequestNotFound, ModelOffline):
+    if cls in (
+        ModelNotFound,
+        NotFound,
+        QueueFull,
+        IdempotencyConflict,
+        RequestNotFound,
+        ModelOffline,
+    ):
         cls = EngineError
     error = cls(message, param=param, code=code)
     return error

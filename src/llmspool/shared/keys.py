@@ -119,3 +119,47 @@ RELOAD = f"{PREFIX}:reload"
 #: API processes follow it (``CONFIG_GENERATION`` tells them when it changed).
 CONFIG = f"{PREFIX}:config"
 CONFIG_GENERATION = f"{PREFIX}:config:generation"
+# ---------------------------------------------------------------------------- batch jobs
+# One batch's keys share the hash tag ``{<batch_id>}``, one file's keys ``{<file_id>}``.
+
+#: Sorted set of every file id, scored by creation time (``GET /v1/files`` pages through it).
+FILES_INDEX = f"{PREFIX}:files"
+
+#: Sorted set of every batch id, scored by creation time.
+BATCHES_INDEX = f"{PREFIX}:batches"
+
+#: Set of batches not yet in a final state; the lifecycle sweep looks only at these.
+BATCHES_ACTIVE = f"{PREFIX}:batches:active"
+
+#: The arq queue the batch lifecycle jobs (validate, fan out, finalize, sweep) run from.
+BATCH_JOBS_QUEUE = f"{PREFIX}:batchjobs"
+
+
+def file(file_id: str) -> str:
+    """Hash: one uploaded or generated file's metadata (the OpenAI file object)."""
+    return f"{PREFIX}:file:{{{file_id}}}"
+
+
+def file_content(file_id: str) -> str:
+    """String: one file's bytes."""
+    return f"{PREFIX}:file:{{{file_id}}}:content"
+
+
+def batch(batch_id: str) -> str:
+    """Hash: one batch's state, timestamps and counters."""
+    return f"{PREFIX}:batch:{{{batch_id}}}"
+
+
+def batch_results(batch_id: str) -> str:
+    """Hash: line number → that line's result, written once (HSETNX)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:results"
+
+
+def batch_claims(batch_id: str) -> str:
+    """Hash: line number → the stream entry id that runs it (a re-queued copy is skipped)."""
+    return f"{PREFIX}:batch:{{{batch_id}}}:claims"
+
+
+def batch_job_id(step: str, batch_id: str) -> str:
+    """The arq job id of one lifecycle step of one batch: enqueued twice, it runs once."""
+    return f"{PREFIX}:{step}:{batch_id}"

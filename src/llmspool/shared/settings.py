@@ -107,6 +107,49 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds an Idempotency-Key is remembered.",
     )
+    batch_max_lines: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most requests one batch input file may hold (OpenAI's limit).",
+    )
+    batch_max_file_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1,
+        description="Largest batch input file accepted, in bytes (OpenAI's limit: 200 MB).",
+    )
+    batch_max_embedding_inputs: int = Field(
+        default=50_000,
+        ge=1,
+        description="Most embedding inputs across all requests of one /v1/embeddings batch.",
+    )
+    batch_window: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Seconds the `24h` completion window lasts (shorten it only to test expiry).",
+    )
+    batch_reserve: int = Field(
+        default=1,
+        ge=0,
+        description="Slots of each worker kept free of batch lines for interactive requests "
+        "(at most its capacity minus one, so a one-slot worker still serves batches).",
+    )
+    batch_cancel_grace: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a cancelling batch waits for its running lines before it is "
+        "finalized without them.",
+    )
+    batch_retention: float = Field(
+        default=30 * 86_400.0,
+        gt=0,
+        description="Seconds batch files (uploaded and generated) and finished batches are kept.",
+    )
+    batch_sweep_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=30,
+        description="How often the batch worker's sweep checks active batches (expiry, stalls).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of every process."
     )

@@ -1,0 +1,184 @@
+"""The Files and Batch APIs: ``/v1/files`` (purpose ``batch``) and ``/v1/batches``.
+
+Files live in Redis (``keys.file``); a batch is created in ``validating`` and its lifecycle
+runs as arq jobs in ``llmspool batch-worker`` (see ``llmspool.batch.steps``). These routes
+only store, read and enqueue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from llmspool.batch.models import Batch, BatchCreateRequest, FileDeleted, FileObject, Page
+from llmspool.batch.steps import FINALIZE, VALIDATE, enqueue_step
+from llmspool.batch.store import BatchStore
+from llmspool.producer.service import Producer, get_producer
+from llmspool.shared.errors import InvalidRequest, NotFound
+from llmspool.shared.protocol import ErrorResponse
+
+router = APIRouter()
+ProducerDep = Annotated[Producer, Depends(get_producer)]
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 503)
+}
+_READ_CHUNK = 1 << 20
+
+
+def _store(producer: Producer) -> BatchStore:
+    return BatchStore(producer.redis)
+
+
+# --------------------------------------------------------------------------- files
+
+
+@router.post("/v1/files", response_model=FileObject, responses=_ERRORS)
+async def create_file(
+    producer: ProducerDep,
+    file: UploadFile,
+    purpose: Annotated[str, Form()],
+) -> FileObject:
+    """Upload a JSONL batch input file (``purpose=batch``)."""
+    if purpose != "batch":
+        raise InvalidRequest(
+            f"llmspool stores files for the Batch API only: purpose must be 'batch', "
+            f"not '{purpose}'.",
+            param="purpose",
+            code="invalid_value",
+        )
+    content = await _read_limited(file, producer.settings.batch_max_file_bytes)
+    now = int(time.time())
+    meta = FileObject(
+        id=f"file-{uuid.uuid4().hex}",
+        bytes=len(content),
+        created_at=now,
+        expires_at=now + int(producer.settings.batch_retention),
+        filename=file.filename or "upload.jsonl",
+        purpose=purpose,
+    )
+    await _store(producer).put_file(meta, content)
+    return meta
+
+
+async def _read_limited(file: UploadFile, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await file.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(
+                f"The file is larger than {limit} bytes, the most a batch input file may be.",
+                param="file",
+                code="file_too_large",
+            )
+        parts.append(chunk)
+    if not size:
+        raise InvalidRequest("The file is empty.", param="file", code="empty_file")
+    return b"".join(parts)
+
+
+@router.get("/v1/files", response_model=Page, responses=_ERRORS)
+async def list_files(
+    producer: ProducerDep,
+    purpose: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> Page:
+    """Stored files, newest first by default."""
+    return await _store(producer).list_files(after, limit, order, purpose)
+
+
+@router.get("/v1/files/{file_id}", response_model=FileObject, responses=_ERRORS)
+async def retrieve_file(file_id: str, producer: ProducerDep) -> FileObject:
+    """One file's metadata."""
+    return await _store(producer).file(file_id)
+
+
+@router.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=_ERRORS)
+async def delete_file(file_id: str, producer: ProducerDep) -> FileDeleted:
+    """Delete a file and its content."""
+    await _store(producer).delete_file(file_id)
+    return FileDeleted(id=file_id)
+
+
+@router.get("/v1/files/{file_id}/content", responses=_ERRORS)
+async def file_content(file_id: str, producer: ProducerDep) -> Response:
+    """A file's bytes (a batch's output and error files are JSONL)."""
+    content = await _store(producer).file_content(file_id)
+    return Response(content, media_type="application/octet-stream")
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@router.post("/v1/batches", response_model=Batch, responses=_ERRORS)
+async def create_batch(body: BatchCreateRequest, producer: ProducerDep) -> Batch:
+    """Create a batch from an uploaded input file; it starts in ``validating``."""
+    store = _store(producer)
+    try:
+        input_file = await store.file(body.input_file_id)
+    except NotFound:
+        raise NotFound(
+            f"No such File object: {body.input_file_id}", param="input_file_id"
+        ) from None
+    if input_file.purpose != "batch":
+        raise InvalidRequest(
+            f"The file {input_file.id} has purpose '{input_file.purpose}', not 'batch'.",
+            param="input_file_id",
+            code="invalid_value",
+        )
+    batch_id = f"batch_{uuid.uuid4().hex}"
+    now = time.time()
+    fields = {
+        "id": batch_id,
+        "endpoint": body.endpoint,
+        "input_file_id": body.input_file_id,
+        "completion_window": body.completion_window,
+        "status": "validating",
+        "created_at": f"{now:.3f}",
+        "expires_at": f"{now + producer.settings.batch_window:.3f}",
+        "metadata": orjson.dumps(body.metadata).decode() if body.metadata is not None else "",
+    }
+    await store.create_batch(fields, now)
+    await enqueue_step(producer.redis, VALIDATE, batch_id)
+    return await store.batch(batch_id)
+
+
+@router.get("/v1/batches", response_model=Page, responses=_ERRORS)
+async def list_batches(
+    producer: ProducerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> Page:
+    """Batches, newest first."""
+    return await _store(producer).list_batches(after, limit)
+
+
+@router.get("/v1/batches/{batch_id}", response_model=Batch, responses=_ERRORS)
+async def retrieve_batch(batch_id: str, producer: ProducerDep) -> Batch:
+    """One batch, with its status and current request counts."""
+    return await _store(producer).batch(batch_id)
+
+
+@router.post("/v1/batches/{batch_id}/cancel", response_model=Batch, responses=_ERRORS)
+async def cancel_batch(batch_id: str, producer: ProducerDep) -> Batch:
+    """Stop dispatching the batch's lines; lines already finished are kept. The batch is
+    ``cancelling`` until its running lines finish, then ``cancelled``."""
+    store = _store(producer)
+    state = await store.state(batch_id)
+    moved = await store.transition(batch_id, "cancelling", allowed=("validating", "in_progress"))
+    if not moved and state.status not in ("cancelling", "cancelled"):
+        raise InvalidRequest(
+            f"Cannot cancel a batch with status '{state.status}'.",
+            param="batch_id",
+            code="invalid_state",
+        )
+    await enqueue_step(producer.redis, FINALIZE, batch_id)
+    return await store.batch(batch_id)
