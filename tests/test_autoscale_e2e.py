@@ -93,7 +93,8 @@ def test_killed_worker_is_restarted(stack_factory: StackFactory) -> None:
 
 def _pids(stack: Stack) -> list[int]:
     redis = stack.redis.client()
-    return [int(redis.hget(k, "pid")) for k in redis.keys("llmspool:worker:*")]
+    pids = [redis.hget(k, "pid") for k in redis.keys("llmspool:worker:*")]
+    return [int(pid) for pid in pids if pid is not None]  # an entry may expire between the calls
 
 
 ROLL_CONFIG = """
