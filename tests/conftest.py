@@ -40,6 +40,17 @@ def clean_redis(redis_server: RedisServer) -> RedisServer:
 StackFactory = Callable[..., Stack]
 
 
+def module_stack(
+    redis_server: RedisServer, directory: Path, config: str = FAKE_CONFIG, **env: str
+) -> Stack:
+    """A stack for a whole test module (on a flushed Redis): the caller starts what it needs
+    and stops it. Starting processes costs seconds on a busy machine; modules share one."""
+    redis_server.client().flushall()
+    path = directory / "llmspool.toml"
+    path.write_text(config)
+    return Stack(redis_server, path, directory, extra_env=env)
+
+
 @pytest.fixture
 def stack_factory(clean_redis: RedisServer, tmp_path: Path) -> Iterator[StackFactory]:
     stacks: list[Stack] = []

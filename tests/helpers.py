@@ -40,20 +40,34 @@ class RedisServer:
     directory: Path
     process: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
+    #: the user the tests and the command line connect as (None: the default user)
+    username: str | None = None
+    password: str | None = None
+    #: a CA certificate: the server listens with TLS only, on ``port``
+    tls_ca: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for(self.username, self.password)
+
+    def url_for(self, username: str | None, password: str | None) -> str:
+        """A URL as another user would write it: rediss:// with the CA when TLS is on."""
+        auth = f"{username or ''}:{password}@" if password else ""
+        if self.tls_ca is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls_ca}"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
         self.directory.mkdir(parents=True, exist_ok=True)
+        ports = ["--port", str(self.port)]
+        if self.tls_ca is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port)]
         args = [
             binary,
-            "--port",
-            str(self.port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -76,28 +90,89 @@ class RedisServer:
             self.process.wait(10)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def cli(self, *args: str) -> str:
         """Run redis-cli against this server, as an operator would."""
         out = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, check=True
+            ["redis-cli", "-p", str(self.port), *self.cli_auth(), *args],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return out.stdout
+
+    def cli_auth(self) -> list[str]:
+        args = ["--user", self.username] if self.username else []
+        if self.password:
+            args += ["--pass", self.password, "--no-auth-warning"]
+        if self.tls_ca is not None:
+            args += ["--tls", "--cacert", str(self.tls_ca)]
+        return args
 
 
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
-    except redis.ConnectionError:
+    except (redis.ConnectionError, redis.TimeoutError):
         return False
+
+
+@dataclass
+class RedisClusterServers:
+    """A real Redis Cluster of three masters on local ports (`redis-cli --cluster create`)."""
+
+    directory: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for i in range(3):
+            node_dir = self.directory / f"node{i}"
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "n.conf"))
+            extra += ("--cluster-port", str(free_port()))  # port + 10000 may not exist
+            self.nodes.append(RedisServer(free_port(), node_dir, extra=extra))
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = ["--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(
+            ["redis-cli", *create],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(self._ok, 30, interval=0.2, what="cluster_state:ok on every node")
+
+    def _ok(self) -> bool:
+        return all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, decode_responses=True)
+
+    def cli(self, *args: str) -> str:
+        """redis-cli in cluster mode (-c follows redirections)."""
+        out = subprocess.run(
+            ["redis-cli", "-c", "-p", str(self.nodes[0].port), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout
 
 
 @dataclass
 class Stack:
     """The real API and worker processes on one models file."""
 
-    redis: RedisServer
+    redis: RedisServer | RedisClusterServers
     config: Path
     workdir: Path
     port: int = field(default_factory=free_port)
@@ -149,9 +224,23 @@ class Stack:
         wait_until(self._healthy, 60, what=f"serve (see {self.workdir}/serve.log)")
         return process
 
-    def start_api(self) -> subprocess.Popen[bytes]:
-        process = self.spawn("api", log="api.log")
-        wait_until(self._healthy, 30, what=f"API on {self.base_url} (see {self.workdir}/api.log)")
+    def cli(self, *args: str) -> str:
+        """Run the ``llmspool`` command line against this stack's Redis; returns stdout."""
+        out = subprocess.run(
+            [sys.executable, "-m", "llmspool", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+            timeout=60,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"llmspool {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def start_api(self, **env: str) -> subprocess.Popen[bytes]:
+        process = self.spawn("api", log="api.log", **env)
+        wait_until(self._healthy, 60, what=f"API on {self.base_url} (see {self.workdir}/api.log)")
         return process
 
     def start_worker(self, model: str, wait: bool = True, **env: str) -> subprocess.Popen[bytes]:
@@ -187,7 +276,7 @@ class Stack:
     def consumers(self, model: str) -> int:
         """Live workers of ``model`` in the registry."""
         client = self.redis.client()
-        keys = client.keys("llmspool:worker:*")
+        keys = list(client.scan_iter(match="llmspool:worker:*", count=500))
         return sum(1 for key in keys if client.hget(key, "model") == model)
 
     def registered(self, pid: int) -> bool:

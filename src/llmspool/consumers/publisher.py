@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from llmspool.shared import keys
 from llmspool.shared.messages import ReplyFrame, WireError
 from llmspool.shared.protocol import FinishReason, Usage
-from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.redis import UNAVAILABLE, is_cluster, queue_publish
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class ReplyPublisher:
         self._coalesce = coalesce
         self._worker_id = worker_id
         self._log_ttl = log_ttl
+        self._sharded = is_cluster(redis)
         self._dirty: dict[ReplyStream, None] = {}
         self._waiters: dict[ReplyStream, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
@@ -203,6 +204,7 @@ class ReplyPublisher:
             if frame.seq == 1 or frame.final or frame.seq % 16 == 0:
                 pipe.expire(log_key, self._log_ttl + max(0, int(stream.deadline - now)))
             pipe.publish(keys.reply_channel(frame.request_id), data)
+            queue_publish(pipe, keys.reply_channel(frame.request_id), frame.dumps(), self._sharded)
             self.tokens_sent += frame.tokens
         await pipe.execute()
         self.frames_sent += len(frames)

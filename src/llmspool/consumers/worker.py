@@ -26,9 +26,10 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from llmspool.consumers.backends.base import Backend
@@ -42,8 +43,9 @@ from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, UnknownSchema, WireError
 from llmspool.shared.metrics import MetricsServer, WorkerMetrics
 from llmspool.shared.protocol import EmbeddingRequest, Usage
-from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.redis import UNAVAILABLE, is_cluster
 from llmspool.shared.settings import Settings
+from llmspool.shared.shardpubsub import ShardSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +421,9 @@ class Worker:
     # ------------------------------------------------------------------ cancellation
 
     async def _listen_cancels(self) -> None:
+        if is_cluster(self.redis):
+            await self._listen_cancels_sharded()
+            return
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
@@ -431,6 +436,25 @@ class Worker:
             except UNAVAILABLE as exc:
                 log.warning("cancel listener lost redis: %s", exc)
                 await asyncio.sleep(0.5)
+
+    async def _listen_cancels_sharded(self) -> None:
+        """On a cluster: SSUBSCRIBE on the cancel channel's shard (it reconnects by itself)."""
+
+        def handle(kind: str, _: bytes, payload: Any) -> None:
+            if kind == "message":
+                self.cancel(_text(payload))
+
+        shards = ShardSubscriber(cast(RedisCluster, self.redis), handle)
+        try:
+            while True:
+                try:
+                    await shards.subscribe(keys.CANCEL_CHANNEL)
+                    await asyncio.Event().wait()
+                except UNAVAILABLE as exc:
+                    log.warning("cancel listener lost redis: %s", exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            await shards.close()
 
     def cancel(self, request_id: str) -> None:
         """Abort ``request_id`` if it runs here, and skip it if it is still queued."""

@@ -11,6 +11,7 @@ from rich.console import Console
 from llmspool import __version__
 from llmspool.control import admin_cli
 from llmspool.control.batch_cli import batch_app
+from llmspool.control.keys_cli import app as keys_app
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.logs import configure
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 app.add_typer(batch_app, name="batch")
+app.add_typer(keys_app, name="keys")
 
 
 def _load(process: str) -> tuple[Settings, Config]:

@@ -1,7 +1,8 @@
 """The admin API (JSON under ``/admin``): the operator's views and actions.
 
 The same operations as the command line (:mod:`llmspool.control.operations`). Every route depends
-on :func:`require_admin`, the one place an admin key check belongs.
+on :func:`llmspool.producer.auth.require_admin`: with API keys on, only a key with the admin scope
+gets in (the auth middleware checks the same scope for every path under ``/admin``).
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from pydantic import BaseModel, Field, model_validator
 
 from llmspool.control import operations
 from llmspool.control.operations import ControllerState, ModelStatus
+from llmspool.producer.auth import require_admin
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry
 from llmspool.shared.control import ReloadStatus
 from llmspool.shared.protocol import ErrorResponse
 from llmspool.shared.registry import WorkerInfo
-
-
-async def require_admin() -> None:
-    """Admin routes' guard: no-op until API keys exist (then: the admin scope is required)."""
-
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 ProducerDep = Annotated[Producer, Depends(get_producer)]

@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from llmspool import __version__
 from llmspool.consumers.worker import ensure_groups
 from llmspool.producer import batches, console, errors, monitoring
 from llmspool.producer.admin import router as admin_router
+from llmspool.producer.auth import AuthMiddleware
 from llmspool.producer.routes import router
 from llmspool.producer.service import Producer
 from llmspool.shared.config import Config, load_config
+from llmspool.shared.protocol import ErrorResponse
 from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
 
@@ -56,7 +60,72 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     app.include_router(admin_router)
     app.include_router(batches.router)
     errors.install(app)
+    app.add_middleware(AuthMiddleware, settings=settings)
+    app.openapi = lambda: _openapi(app, settings, config)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI, settings: Settings, config: Config) -> dict[str, Any]:
+    """FastAPI's spec, made to say what the API enforces: our 400 instead of the default 422,
+    and the limits that come from settings and models (max_tokens up to the largest context)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                _document_errors(operation.setdefault("responses", {}))
+        schemas.update(_error_schemas())
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        _document_limits(schemas, settings, config)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+#: What any route may answer besides its own: 400 (invalid), 401/403 (keys), 404, 413 (body
+#: size), 429 (limits), 500 and 503 (Redis away), each with an OpenAI error body.
+_ANY_ROUTE_ERRORS = {
+    "400": "Bad Request",
+    "401": "Unauthorized",
+    "403": "Forbidden",
+    "404": "Not Found",
+    "413": "Content Too Large",
+    "429": "Too Many Requests",
+    "500": "Internal Server Error",
+    "503": "Service Unavailable",
+}
+
+
+def _document_errors(responses: dict[str, Any]) -> None:
+    """Replace FastAPI's 422 by the errors the app really returns, on every operation."""
+    responses.pop("422", None)
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for code, description in _ANY_ROUTE_ERRORS.items():
+        responses.setdefault(code, {"description": description, "content": body})
+
+
+def _error_schemas() -> dict[str, Any]:
+    defs = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**defs.pop("$defs", {}), "ErrorResponse": defs}
+
+
+def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config) -> None:
+    context = max(model.context_length for model in config.models)
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        props = schemas.get(name, {}).get("properties", {})
+        for field in ("max_tokens", "max_completion_tokens"):
+            _bound(props.get(field, {}), "integer", "maximum", context)
+        _bound(props.get("messages", {}), "array", "maxItems", settings.max_messages)
+        _bound(props.get("prompt", {}), "string", "maxLength", settings.max_prompt_chars)
+
+
+def _bound(prop: dict[str, Any], kind: str, keyword: str, limit: int) -> None:
+    """Set ``keyword`` on ``prop`` or on its ``anyOf`` branch of type ``kind``."""
+    for branch in [prop, *prop.get("anyOf", [])]:
+        if branch.get("type") == kind:
+            branch[keyword] = min(limit, branch.get(keyword, limit))
 
 
 async def _prepare_streams(producer: Producer) -> None:

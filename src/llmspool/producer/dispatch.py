@@ -42,7 +42,8 @@ from llmspool.shared.errors import (
     StreamInterrupted,
 )
 from llmspool.shared.messages import Job, ReplyFrame, ReplyMeta
-from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.protocol import Usage
+from llmspool.shared.redis import UNAVAILABLE, publish
 from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class Dispatcher:
     async def cancel(self, request_id: str) -> None:
         """Tell the workers the client went away."""
         try:
-            await self.redis.publish(keys.CANCEL_CHANNEL, request_id)
+            await publish(self.redis, keys.CANCEL_CHANNEL, request_id)
         except UNAVAILABLE as exc:
             log.warning("could not cancel %s: %s", request_id, exc)
 
@@ -248,6 +249,8 @@ class Reply:
         when = self._loop.time() + meta.deadline + DEADLINE_GRACE - time.time()
         self._expiry = self._loop.call_at(when, queue.put_nowait, _EXPIRED)
         self._heard = False
+        #: the final frame's usage, once it has arrived
+        self.usage: Usage | None = None
         self._polling: asyncio.Task[None] | None = None
         self._poller = self._loop.call_later(dispatcher.settings.reply_poll, self._tick)
 
@@ -272,6 +275,7 @@ class Reply:
             self.finished = frame.final
             self.sent_text = self.sent_text or bool(frame.text)
             self._observe(frame)
+            self.usage = frame.usage or self.usage
             yield frame
 
     def _switch_attempt(self, attempt: int) -> None:
@@ -315,6 +319,7 @@ class Reply:
             self.worker = frame.worker or self.worker
             self.finished = frame.final
             self._observe(frame)
+            self.usage = frame.usage or self.usage
             yield frame
 
     async def _next(self) -> ReplyFrame:

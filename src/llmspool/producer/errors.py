@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from llmspool.shared.errors import LLMSpoolError, ServiceUnavailable
 from llmspool.shared.redis import UNAVAILABLE
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def error_response(exc: LLMSpoolError) -> JSONResponse:
+    """The OpenAI error body and status of ``exc``."""
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
 
 
@@ -55,15 +57,38 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(body, status_code=400, headers={"x-should-retry": "false"})
 
 
-async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    body = {"error": {"message": str(exc.detail), "type": kind, "param": None, "code": None}}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+    code = _HTTP_CODES.get(exc.status_code)
+    body = {"error": {"message": str(exc.detail), "type": kind, "param": None, "code": code}}
+    headers = exc.headers
+    if exc.status_code == 405:  # Starlette lists one route's methods; a path may have several
+        others = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+        headers = {**others, "Allow": ", ".join(_allowed(request))}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method some route serves on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def unavailable(exc: Exception) -> JSONResponse:
+    """503 for an error that means Redis is away."""
+    log.warning("redis unavailable: %s", exc)
+    return error_response(ServiceUnavailable(f"Redis is unavailable: {exc}"))
 
 
 async def _redis_unavailable(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("redis unavailable: %s", exc)
-    return error_response(ServiceUnavailable(f"Redis is unavailable: {exc}"))
+    return unavailable(exc)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
 from llmspool.shared import keys
 from llmspool.shared.errors import ServiceUnavailable
-from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.redis import UNAVAILABLE, is_cluster
+from llmspool.shared.shardpubsub import ShardSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,16 @@ class ReplyRelay:
         self._redis = redis
         self._home = keys.producer_channel(producer_id)
         self._pubsub: PubSub | None = None
+        self._shards: ShardSubscriber | None = None
         self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
         self.messages = 0
 
     async def start(self) -> None:
+        if is_cluster(self._redis):  # sharded channels, one connection per owning shard
+            self._shards = ShardSubscriber(cast(RedisCluster, self._redis), self._route_shard)
+            return
         self._pubsub = self._redis.pubsub()
         await self._pubsub.subscribe(self._home)
         self._reader = asyncio.create_task(self._read_forever(), name="reply-relay")
@@ -48,6 +54,8 @@ class ReplyRelay:
                 await self._reader
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._shards is not None:
+            await self._shards.close()
 
     @property
     def listening(self) -> int:
@@ -82,6 +90,9 @@ class ReplyRelay:
         self._queues.pop(name, None)
 
     async def _command(self, verb: str, channel: str) -> None:
+        if self._shards is not None:
+            await getattr(self._shards, verb)(channel)
+            return
         if self._pubsub is None:
             raise ServiceUnavailable("the reply relay is not running")
         await getattr(self._pubsub, verb)(channel)
@@ -106,6 +117,9 @@ class ReplyRelay:
             message = await pubsub.get_message(timeout=1.0)
             if message is not None:
                 self._route(message)
+
+    def _route_shard(self, kind: str, channel: bytes, payload: Any) -> None:
+        self._route({"type": kind, "channel": channel, "data": payload})
 
     def _route(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]

@@ -25,10 +25,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import PydanticSerializationError
 from sse_starlette import EventSourceResponse
 
-from llmspool.producer import responses
-from llmspool.producer.dispatch import Reply
+from llmspool.producer import auth, responses
+from llmspool.producer.dispatch import Dispatcher, Reply
+from llmspool.producer.observe import RequestTrace
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry
 from llmspool.shared.config import Capability, ModelConfig
@@ -43,29 +45,40 @@ from llmspool.shared.errors import (
 from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
 from llmspool.shared.protocol import (
+    ChatCompletion,
     ChatCompletionRequest,
+    Completion,
     CompletionRequest,
+    EmbeddingList,
     EmbeddingRequest,
     ErrorResponse,
+    Health,
     Model,
     ModelList,
     ModelStatus,
     unsupported_parameters,
 )
 from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.settings import Settings
 
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 429, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 500, 503, 504)
 }
 TIMEOUT_HEADER = "x-llmspool-timeout"
 _ENQUEUE_TIMEOUTS = 3  # enqueueing may take this many Redis command timeouts
 IDEMPOTENCY_HEADER = "idempotency-key"
+#: What the OpenAPI spec promises: the JSON object, or with `stream: true` an SSE stream.
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+_SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
+_CHAT = {200: {"model": ChatCompletion, "content": _SSE}, **_ERRORS}
+_COMPLETION = {200: {"model": Completion, "content": _SSE}, **_ERRORS}
+_EMBEDDINGS = {200: {"model": EmbeddingList}, **_ERRORS}
 
 
-@router.post("/v1/chat/completions", response_model=None, responses=_ERRORS)
+@router.post("/v1/chat/completions", response_model=None, responses=_CHAT)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, producer: ProducerDep
 ) -> Response:
@@ -76,7 +89,7 @@ async def chat_completions(
     return await _whole(request, reply)
 
 
-@router.post("/v1/completions", response_model=None, responses=_ERRORS)
+@router.post("/v1/completions", response_model=None, responses=_COMPLETION)
 async def completions(body: CompletionRequest, request: Request, producer: ProducerDep) -> Response:
     """Create a text completion, streamed (SSE) or not."""
     reply = await _submit(producer, request, body, JobKind.COMPLETION, "cmpl")
@@ -85,7 +98,7 @@ async def completions(body: CompletionRequest, request: Request, producer: Produ
     return await _whole(request, reply)
 
 
-@router.post("/v1/embeddings", response_model=None, responses=_ERRORS)
+@router.post("/v1/embeddings", response_model=None, responses=_EMBEDDINGS)
 async def embeddings(body: EmbeddingRequest, request: Request, producer: ProducerDep) -> Response:
     """Embed one text or a list of texts."""
     reply = await _submit(producer, request, body, JobKind.EMBEDDING, "embd")
@@ -113,21 +126,29 @@ async def request_result(request_id: str, request: Request, producer: ProducerDe
     return await _whole(request, reply)
 
 
-@router.get("/v1/models", response_model=ModelList)
-async def list_models(producer: ProducerDep) -> ModelList:
-    """The configured models; each one's ``llmspool`` field says its backend, what it serves
-    and how many workers serve it now."""
+@router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+async def list_models(request: Request, producer: ProducerDep) -> ModelList:
+    """The configured models (those the request's API key may use); each one's ``llmspool``
+    field says its backend, what it serves and how many workers serve it now."""
+    key = auth.current_key(request)
+    models = [m for m in producer.config.models if key is None or key.allows(m.name)]
     live = await _live_workers(producer)
-    return ModelList(data=[_model_card(producer, m, live) for m in producer.config.models])
+    return ModelList(data=[_model_card(producer, m, live) for m in models])
 
 
 @router.get("/v1/models/{model:path}", response_model=Model, responses=_ERRORS)
-async def get_model(model: str, producer: ProducerDep) -> Model:
+async def get_model(model: str, request: Request, producer: ProducerDep) -> Model:
     """One configured model."""
-    return _model_card(producer, producer.config.model(model), await _live_workers(producer))
+    config = producer.config.model(model)
+    auth.check_model(request, config.name)
+    return _model_card(producer, config, await _live_workers(producer))
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    response_model=None,
+    responses={200: {"model": Health}, 503: {"model": Health}},
+)
 async def health(producer: ProducerDep) -> Response:
     """200 when this API process can reach Redis, 503 otherwise."""
     try:
@@ -155,6 +176,7 @@ async def _submit(
 ) -> Reply:
     model = producer.config.model(body.model)
     dispatcher = producer.dispatcher
+    auth.check_model(request, model.name)
     job = Job(
         request_id=f"{prefix}-{uuid.uuid4().hex}",
         kind=kind,
@@ -169,9 +191,11 @@ async def _submit(
         # A stalled Redis can make one command's reconnects and health checks add up: bound
         # the whole enqueueing, so the client gets a 503 instead of waiting for Redis.
         async with asyncio.timeout(producer.settings.redis_timeout * _ENQUEUE_TIMEOUTS):
-            return await _enqueue(producer, model, kind, job, key)
+            reply = await _enqueue(producer, model, kind, job, key)
     except TimeoutError:
         raise ServiceUnavailable("cannot enqueue: redis does not answer") from None
+    auth.track(request, reply)
+    return reply
 
 
 async def _enqueue(
@@ -185,8 +209,9 @@ async def _enqueue(
         _check(job.body, model, kind)
         if producer.control.is_offline(model.name):
             raise ModelOffline(model.name)
+        _check_size(job.body, producer.settings)
         await dispatcher.admit(model)
-        return await dispatcher.submit(job, trace, key)
+        return await _submitted(dispatcher, job, trace, key)
     except BaseException as exc:  # refused before a worker saw it: still one log record
         if isinstance(exc, LLMSpoolError):
             trace.fail(exc)
@@ -195,6 +220,18 @@ async def _enqueue(
             with contextlib.suppress(Exception):
                 await dispatcher.forget(key)
         raise
+
+
+async def _submitted(
+    dispatcher: Dispatcher, job: Job, trace: RequestTrace, key: str | None
+) -> Reply:
+    try:
+        return await dispatcher.submit(job, trace, key)
+    except PydanticSerializationError:
+        raise InvalidRequest(
+            "The request holds text that is not valid Unicode (a lone surrogate).",
+            code="invalid_unicode",
+        ) from None
 
 
 def _timeout(request: Request) -> float | None:
@@ -242,6 +279,30 @@ def _check(body: Any, model: ModelConfig, kind: JobKind) -> None:
             f"{model.context_length}.",
             param="max_tokens",
             code="invalid_value",
+        )
+
+
+def _check_size(body: Any, settings: Settings) -> None:
+    """Bound what one request may carry: messages, and characters of prompt or input."""
+    if isinstance(body, ChatCompletionRequest):
+        if len(body.messages) > settings.max_messages:
+            raise InvalidRequest(
+                f"{len(body.messages)} messages is more than the {settings.max_messages} "
+                "a request may carry.",
+                param="messages",
+                code="array_above_max_length",
+            )
+        param, chars = "messages", sum(len(m.text()) for m in body.messages)
+    elif isinstance(body, CompletionRequest):
+        param, chars = "prompt", len(body.prompt_text())
+    else:
+        param, chars = "input", sum(len(text) for text in body.texts())
+    if chars > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"The {param} has {chars} characters, more than the {settings.max_prompt_chars} "
+            "a request may carry.",
+            param=param,
+            code="string_above_max_length",
         )
 
 

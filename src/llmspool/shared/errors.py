@@ -6,11 +6,15 @@
     ├── InvalidRequest            400 invalid_request_error
     │   ├── UnsupportedParameter  400 invalid_request_error, param = the parameter
     │   └── UnsupportedCapability 400 invalid_request_error (model cannot do this kind of request)
-    │   └── IdempotencyConflict   400 an Idempotency-Key reused for a different request
+    │   ├── IdempotencyConflict   400 an Idempotency-Key reused for a different request
+    │   └── PayloadTooLarge       413 invalid_request_error, code payload_too_large
+    ├── AuthenticationFailed      401 invalid_request_error, code invalid_api_key
+    ├── PermissionDenied          403 permission_error (key lacks the scope or the model)
     ├── ModelNotFound             404 invalid_request_error, code model_not_found
     ├── RequestNotFound           404 a request id whose reply log is unknown or expired
     ├── NotFound                  404 invalid_request_error (no such file, batch or worker)
     ├── QueueFull                 429 rate_limit_error, Retry-After
+    │   └── RateLimitExceeded     429 rate_limit_error, a key's limit (Retry-After)
     ├── ServiceUnavailable        503 service_unavailable (Redis away)
     │   ├── ModelOffline          503 service_unavailable, code model_offline
     │   └── NoControlLoop         503 service_unavailable (an action needs a running control loop)
@@ -75,6 +79,32 @@ class UnsupportedCapability(InvalidRequest):
     default_code = "unsupported_capability"
 
 
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "payload_too_large"
+
+
+class AuthenticationFailed(LLMSpoolError):
+    """No API key, or one that is unknown or revoked."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+    should_retry = False
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "www-authenticate": "Bearer"}
+
+
+class PermissionDenied(LLMSpoolError):
+    """A valid key asked for something it may not use (an admin route, another model)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+    should_retry = False
+
+
 class ModelNotFound(LLMSpoolError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -128,6 +158,12 @@ class QueueFull(LLMSpoolError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)}
+
+
+class RateLimitExceeded(QueueFull):
+    """A key went over its requests/min, tokens/min or concurrent-requests limit."""
+
+    default_code = "rate_limit_exceeded"
 
 
 class ServiceUnavailable(LLMSpoolError):
@@ -199,6 +235,7 @@ def from_wire(kind: str, message: str, code: str | None, param: str | None) -> L
         ModelNotFound,
         NotFound,
         QueueFull,
+        RateLimitExceeded,
         IdempotencyConflict,
         RequestNotFound,
         ModelOffline,

@@ -163,3 +163,23 @@ def batch_claims(batch_id: str) -> str:
 def batch_job_id(step: str, batch_id: str) -> str:
     """The arq job id of one lifecycle step of one batch: enqueued twice, it runs once."""
     return f"{PREFIX}:{step}:{batch_id}"
+
+
+#: API keys and their limit counters live under their own prefix, so a Redis ACL can give the
+#: workers ``~llmspool:*`` without letting them read or mint keys (docs/security.md).
+AUTH_PREFIX = f"{PREFIX}-auth"
+
+
+def api_key(digest: str) -> str:
+    """An API key's record (hash), found by the SHA-256 hex digest of the key."""
+    return f"{AUTH_PREFIX}:apikey:{digest}"
+
+
+#: Hash from key id to its digest: the list `llmspool keys list` shows.
+API_KEY_INDEX = f"{AUTH_PREFIX}:apikeys"
+
+
+def key_limits(key_id: str) -> tuple[str, str, str]:
+    """Requests/min bucket, tokens/min bucket, concurrent-request set of one key (one slot)."""
+    base = f"{AUTH_PREFIX}:{{apikey-{key_id}}}"
+    return f"{base}:rpm", f"{base}:tpm", f"{base}:inflight"

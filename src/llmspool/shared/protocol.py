@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 FinishReason = Literal["stop", "length"]
 
@@ -50,10 +50,32 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
-Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+# Bounds a JSON number holds exactly (doubles): larger ones cannot be validated consistently.
+Seed = Annotated[int, Field(ge=-(2**53), le=2**53)]
+NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
-class ChatCompletionRequest(OpenAIBaseModel):
+def _document_harmless(schema: dict[str, Any]) -> None:
+    """In the OpenAPI spec, offer only the values of unsupported parameters that we accept."""
+    for name, prop in schema.get("properties", {}).items():
+        if name in _HARMLESS:
+            values = list(_HARMLESS[name])
+            kept = {k: v for k, v in prop.items() if k in ("title", "description")}
+            prop.clear()
+            prop.update(
+                kept,
+                enum=values,
+                description="Accepted only as 'not set': no engine behind llmspool honours it.",
+            )
+
+
+class RequestModel(OpenAIBaseModel):
+    """Base of request bodies: unsupported parameters are documented as such."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_document_harmless)
+
+
+class ChatCompletionRequest(RequestModel):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     model: Annotated[str, Field(min_length=1)]
     audio: Any = None
@@ -88,7 +110,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
-class CompletionRequest(OpenAIBaseModel):
+class CompletionRequest(RequestModel):
     model: Annotated[str, Field(min_length=1)]
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     best_of: PositiveInt | None = None
@@ -115,20 +137,12 @@ class CompletionRequest(OpenAIBaseModel):
         return self.max_tokens
 
 
-class EmbeddingRequest(OpenAIBaseModel):
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+class EmbeddingRequest(RequestModel):
+    input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=2048)]
     model: Annotated[str, Field(min_length=1)]
     dimensions: PositiveInt | None = None
     encoding_format: Literal["float", "base64"] | None = "float"
     user: str | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _no_empty_strings(cls, value: str | list[str]) -> str | list[str]:
-        texts = [value] if isinstance(value, str) else value
-        if any(not text for text in texts):
-            raise ValueError("input must not contain empty strings")
-        return value
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -234,6 +248,24 @@ class Completion(OpenAIBaseModel):
     system_fingerprint: str | None = None
 
 
+class Embedding(OpenAIBaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(OpenAIBaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class EmbeddingList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelStatus(OpenAIBaseModel):
     """llmspool extension on a model card: how the model is served."""
 
@@ -268,3 +300,10 @@ class ErrorDetail(OpenAIBaseModel):
 
 class ErrorResponse(OpenAIBaseModel):
     error: ErrorDetail
+
+
+class Health(BaseModel):
+    """The body of ``GET /health``."""
+
+    status: Literal["ok", "unavailable"]
+    redis: str | None = None

@@ -45,7 +45,7 @@ async def beat(redis: Redis, info: WorkerInfo) -> None:
     info.last_beat = time.time()
     key = keys.worker(info.id)
     mapping: Any = info.to_mapping()
-    pipe = redis.pipeline(transaction=True)
+    pipe = redis.pipeline(transaction=False)  # one key; a cluster refuses MULTI pipelines
     pipe.hset(key, mapping=mapping)
     pipe.expire(key, TTL_SECONDS)
     await pipe.execute()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from redis.asyncio import Redis
 
 from llmspool.shared import keys
@@ -42,10 +42,18 @@ _PAGE = 200
 class Feedback(BaseModel):
     """A user's judgement of one reply."""
 
-    request_id: str = Field(min_length=1, max_length=200)
+    # visible ASCII only, as request ids are: the OpenAPI spec then says what the route accepts
+    request_id: str = Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")
     rating: int = Field(ge=-100, le=100, description="e.g. +1 / -1, or 1 to 5")
     comment: str | None = Field(default=None, max_length=8000)
     time: float = Field(default_factory=time.time)
+
+    @field_validator("rating", "time", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # JSON true is no number, as the OpenAPI spec says
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 class RequestRecord(BaseModel):

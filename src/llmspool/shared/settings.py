@@ -23,6 +23,11 @@ class Settings(BaseSettings):
         description="Redis to use. Unset: `llmspool serve` starts its own redis-server "
         "(append-only) on 127.0.0.1:6379; other commands connect there.",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="LLMSPOOL_REDIS_URL names a node of a Redis Cluster: reply and cancel "
+        "channels then use sharded pub/sub (SSUBSCRIBE/SPUBLISH).",
+    )
     embedded_redis_port: int = Field(
         default=6379,
         ge=1,
@@ -150,6 +155,22 @@ class Settings(BaseSettings):
         le=30,
         description="How often the batch worker's sweep checks active batches (expiry, stalls).",
     )
+    auth: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="API keys: `on` requires a Bearer key on every route but /health; `off` "
+        "serves anyone; `auto` is off when the API binds to a loopback address, on otherwise.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest request body the API reads (413)."
+    )
+    max_messages: int = Field(
+        default=1024, ge=1, description="Most messages one chat request may carry (400)."
+    )
+    max_prompt_chars: int = Field(
+        default=500_000,
+        ge=1,
+        description="Most characters of prompt, messages or embedding input in one request (400).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of every process."
     )
@@ -183,6 +204,12 @@ class Settings(BaseSettings):
     feedback_ttl: float = Field(
         default=30 * 86400.0, gt=0, description="Seconds feedback on a request is kept."
     )
+
+    def auth_enabled(self) -> bool:
+        """Whether API keys are required: `auto` means off on loopback only."""
+        if self.auth != "auto":
+            return self.auth == "on"
+        return self.host not in ("127.0.0.1", "::1", "localhost")
 
     def resolved_redis_url(self) -> str:
         return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"

@@ -1,0 +1,166 @@
+"""API keys, scopes and per-key limits, end to end: real API, worker, Redis and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from redis.asyncio import Redis
+
+from llmspool.shared import apikeys
+from llmspool.shared.settings import Settings
+from tests.conftest import module_stack
+from tests.helpers import RedisServer, Stack
+
+pytestmark = pytest.mark.e2e
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def keyed_stack(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """One API (keys on) and one worker for the whole module; each test makes its own keys."""
+    stack = module_stack(redis_server, tmp_path_factory.mktemp("keyed"), LLMSPOOL_AUTH="on")
+    stack.start_api()
+    stack.start_worker("fake")
+    yield stack
+    stack.stop()
+
+
+def new_key(stack: Stack, *args: str) -> str:
+    """A key made by the real command line (`llmspool keys create`)."""
+    return stack.cli("keys", "create", *args).strip()
+
+
+def quick_key(stack: Stack, **fields: Any) -> str:
+    """A key made in-process (the command line costs a Python start per call)."""
+
+    async def create() -> str:
+        client = Redis.from_url(stack.redis.url)
+        try:
+            return (await apikeys.create(client, **fields))[0]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(create())
+
+
+def client(stack: Stack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
+
+
+def get(stack: Stack, path: str, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(f"{stack.base_url}{path}", headers=headers, timeout=30)
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+
+
+def test_auto_is_off_on_loopback_only() -> None:
+    assert not Settings(host="127.0.0.1").auth_enabled()
+    assert Settings(host="0.0.0.0").auth_enabled()
+    assert Settings(host="127.0.0.1", auth="on").auth_enabled()
+    assert not Settings(host="0.0.0.0", auth="off").auth_enabled()
+
+
+def test_keys_scopes_and_revocation(keyed_stack: Stack) -> None:
+    stack = keyed_stack
+    assert get(stack, "/health").status_code == 200
+    missing = get(stack, "/v1/models")
+    assert_openai_error(missing, 401, "missing_api_key")
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert_openai_error(get(stack, "/v1/models", "sk-llmspool-wrong"), 401, "invalid_api_key")
+
+    user = new_key(stack, "--name", "alice")
+    admin = quick_key(stack, scope="admin")
+    reply = client(stack, user).chat.completions.create(model="fake", messages=HI, max_tokens=3)
+    assert reply.choices[0].finish_reason == "length"
+    assert_openai_error(get(stack, "/admin/anything", user), 403, "permission_denied")
+    assert get(stack, "/admin/anything", admin).status_code == 404  # past the door
+
+    # Redis holds digests only, never a key
+    dump = stack.redis.cli("--scan", "--pattern", "llmspool-auth:*")
+    assert user not in dump and admin not in dump
+    listed = stack.cli("keys", "list")
+    assert "alice" in listed and user not in listed
+    records = [json.loads(line) for line in stack.cli("keys", "list", "--json").splitlines()]
+    user_id = next(r["id"] for r in records if r["name"] == "alice")
+    stack.cli("keys", "revoke", user_id)
+    with pytest.raises(openai.AuthenticationError):
+        client(stack, user).models.list()
+    with pytest.raises(RuntimeError):
+        stack.cli("keys", "revoke", user_id)
+
+
+def test_allowed_models(keyed_stack: Stack) -> None:
+    key = quick_key(keyed_stack, models=("other",))
+    api = client(keyed_stack, key)
+    assert [m.id for m in api.models.list()] == []
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        api.chat.completions.create(model="fake", messages=HI, max_tokens=2)
+    assert caught.value.code == "model_not_allowed"
+
+
+def test_requests_per_minute(keyed_stack: Stack) -> None:
+    api = client(keyed_stack, quick_key(keyed_stack, rpm=2))
+    api.models.list()
+    api.models.list()
+    with pytest.raises(openai.RateLimitError) as caught:
+        api.models.list()
+    assert caught.value.code == "rate_limit_exceeded"
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+def test_tokens_per_minute(keyed_stack: Stack) -> None:
+    api = client(keyed_stack, quick_key(keyed_stack, tpm=10))
+    api.chat.completions.create(model="fake", messages=HI, max_tokens=19)  # 20 tokens: in debt
+    with pytest.raises(openai.RateLimitError) as caught:
+        api.chat.completions.create(model="fake", messages=HI, max_tokens=1)
+    assert "tokens" in caught.value.message
+    assert int(caught.value.response.headers["retry-after"]) >= 60  # 11 tokens at 10/min
+
+
+def test_concurrent_requests_across_replicas(keyed_stack: Stack) -> None:
+    key = quick_key(keyed_stack, concurrency=1)
+    second = Stack(
+        keyed_stack.redis,
+        keyed_stack.config,
+        keyed_stack.workdir,
+        extra_env={"LLMSPOOL_AUTH": "on"},
+    )
+    second.start_api()
+    try:
+        body = {"model": "fake", "messages": HI, "max_tokens": 2000, "stream": True}
+        headers = {"authorization": f"Bearer {key}"}
+        url = f"{keyed_stack.base_url}/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as held:
+            lines = held.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)  # the first stream is open and counted
+            with pytest.raises(openai.RateLimitError):
+                client(second, key).models.list()  # the other replica sees the slot taken
+        api = client(second, key)
+        _eventually(lambda: api.models.list())
+    finally:
+        second.stop()
+
+
+def _eventually(call) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        try:
+            call()
+            return
+        except openai.RateLimitError:
+            time.sleep(0.1)
+    call()

@@ -1,0 +1,118 @@
+"""Redis with least-privilege ACL users (compose/redis-users.acl), and with TLS and a password:
+the real API, worker and command line work through them; each user can do no more."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import redis
+
+from tests.conftest import FAKE_CONFIG
+from tests.helpers import RedisServer, Stack, free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+HI = [{"role": "user", "content": "Hi"}]
+PASSWORDS = {"admin": "pw-admin-1", "api": "pw-api-2", "worker": "pw-worker-3", "keda": "pw-k-4"}
+
+
+def make_stack(server: RedisServer, workdir: Path) -> Stack:
+    config = workdir / "llmspool.toml"
+    config.write_text(FAKE_CONFIG)
+    return Stack(server, config, workdir)
+
+
+def chat_both_ways(stack: Stack, key: str = "none") -> None:
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
+    whole = client.chat.completions.create(model="fake", messages=HI, max_tokens=4)
+    streamed = client.chat.completions.create(model="fake", messages=HI, max_tokens=4, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == whole.choices[0].message.content and len(text.split()) == 4
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path) -> Iterator[RedisServer]:
+    acl = (ROOT / "compose" / "redis-users.acl").read_text()
+    for user, password in PASSWORDS.items():
+        acl = acl.replace(f">change-me-{user}", f">{password}")
+    (tmp_path / "users.acl").write_text(acl)
+    server = RedisServer(
+        free_port(),
+        tmp_path / "redis",
+        extra=("--aclfile", str(tmp_path / "users.acl")),
+        username="llmspool-admin",
+        password=PASSWORDS["admin"],
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def as_user(server: RedisServer, user: str) -> redis.Redis:
+    return redis.Redis.from_url(server.url_for(f"llmspool-{user}", PASSWORDS[user]))
+
+
+def test_least_privilege_users(acl_server: RedisServer, tmp_path: Path) -> None:
+    stack = make_stack(acl_server, tmp_path)
+    try:
+        api_url = acl_server.url_for("llmspool-api", PASSWORDS["api"])
+        stack.start_api(LLMSPOOL_REDIS_URL=api_url, LLMSPOOL_AUTH="on")
+        worker_url = acl_server.url_for("llmspool-worker", PASSWORDS["worker"])
+        stack.start_worker("fake", LLMSPOOL_REDIS_URL=worker_url)
+        key = stack.cli("keys", "create").strip()  # the command line runs as llmspool-admin
+        chat_both_ways(stack, key)
+    finally:
+        stack.stop()
+    worker, api = as_user(acl_server, "worker"), as_user(acl_server, "api")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        worker.hgetall("llmspool-auth:apikeys")  # workers cannot see API keys
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        api.hset("llmspool-auth:apikey:forged", "scope", "admin")  # nor can the API mint them
+    for user in (worker, api):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.flushall()
+    keda = as_user(acl_server, "keda")
+    assert keda.xinfo_groups("llmspool:{fake}:requests")[0]["name"] == b"workers"
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        keda.xadd("llmspool:{fake}:requests", {"x": "1"})
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=acl_server.port).get("llmspool:anything")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_tls_and_password(tmp_path: Path) -> None:
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        ["openssl", *request, "-keyout", str(key), "-out", str(cert), *subject],
+        check=True,
+        capture_output=True,
+    )
+    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    server = RedisServer(
+        free_port(),
+        tmp_path / "redis",
+        extra=(*tls, "--requirepass", "s3cret"),
+        password="s3cret",
+        tls_ca=cert,
+    )
+    server.start()
+    stack = make_stack(server, tmp_path)
+    try:
+        assert stack.env()["LLMSPOOL_REDIS_URL"].startswith("rediss://:s3cret@")
+        stack.start_api()
+        stack.start_worker("fake")
+        chat_both_ways(stack)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            redis.Redis(port=server.port, password="s3cret", socket_timeout=2).ping()  # no TLS
+    finally:
+        stack.stop()
+        server.stop()
