@@ -282,12 +282,13 @@ class Stack:
     def registered(self, pid: int) -> bool:
         """Whether the worker process ``pid`` is in the registry (it serves)."""
         client = self.redis.client()
-        return any(client.hget(key, "pid") == str(pid) for key in client.keys("llmspool:worker:*"))
+        keys = client.scan_iter(match="llmspool:worker:*", count=500)  # every node of a cluster
+        return any(client.hget(key, "pid") == str(pid) for key in keys)
 
     def engine_tokens(self, model: str) -> int:
         """Tokens the engines of ``model``'s live workers generated (their registry entries)."""
         client = self.redis.client()
-        keys = client.keys("llmspool:worker:*")
+        keys = client.scan_iter(match="llmspool:worker:*", count=500)
         return sum(
             int(client.hget(key, "engine_tokens") or 0)
             for key in keys
