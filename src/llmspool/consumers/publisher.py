@@ -203,8 +203,7 @@ class ReplyPublisher:
             # The TTL is refreshed now and then, not per frame: the log must outlive the job.
             if frame.seq == 1 or frame.final or frame.seq % 16 == 0:
                 pipe.expire(log_key, self._log_ttl + max(0, int(stream.deadline - now)))
-            pipe.publish(keys.reply_channel(frame.request_id), data)
-            queue_publish(pipe, keys.reply_channel(frame.request_id), frame.dumps(), self._sharded)
+            queue_publish(pipe, keys.reply_channel(frame.request_id), data, self._sharded)
             self.tokens_sent += frame.tokens
         await pipe.execute()
         self.frames_sent += len(frames)

@@ -110,7 +110,8 @@ async def embeddings(body: EmbeddingRequest, request: Request, producer: Produce
 async def request_events(
     request_id: str,
     producer: ProducerDep,
-    last_event_id: Annotated[str | None, Header()] = None,
+    # the spec says what parse_event_id accepts: attempt.seq.k
+    last_event_id: Annotated[str, Header(pattern=r"^(\d+\.\d+\.\d+)?$")] = "",
 ) -> Response:
     """The reply of an enqueued request as SSE chunks, from the event after
     ``Last-Event-ID`` (from the start without it)."""
