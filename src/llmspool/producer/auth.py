@@ -35,6 +35,9 @@ from llmspool.shared.settings import Settings
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/console"})
 PUBLIC_PREFIXES = ("/console/assets/",)
 ADMIN_PREFIX = "/admin"
+#: Batch input files are uploaded here, bounded by ``batch_max_file_bytes`` (multipart overhead
+#: aside), not by ``max_body_bytes``.
+FILES_PATH = "/v1/files"
 #: How long a concurrency slot outlives its request's deadline if its API process dies.
 LEASE_GRACE = 60.0
 
@@ -51,8 +54,9 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._body_limit(scope)
         try:
-            _check_length(scope, self.settings.max_body_bytes)
+            _check_length(scope, limit)
             admission = await self._admit(scope)
         except LLMSpoolError as exc:
             await error_response(exc)(scope, receive, send)
@@ -60,7 +64,7 @@ class AuthMiddleware:
         except UNAVAILABLE as exc:
             await unavailable(exc)(scope, receive, send)
             return
-        bounded = _bounded(receive, self.settings.max_body_bytes)
+        bounded = _bounded(receive, limit)
         if admission is None:
             await self.app(scope, bounded, send)
             return
@@ -69,6 +73,12 @@ class AuthMiddleware:
             await self.app(scope, bounded, _releasing(send, admission))
         finally:
             await _release(admission)
+
+    def _body_limit(self, scope: Scope) -> int:
+        """A batch input file upload may be as large as its own limit; any other body less."""
+        if scope["path"] == FILES_PATH and scope["method"] == "POST":
+            return max(self.settings.max_body_bytes, self.settings.batch_max_file_bytes + 65536)
+        return self.settings.max_body_bytes
 
     async def _admit(self, scope: Scope) -> Admission | None:
         path: str = scope["path"]

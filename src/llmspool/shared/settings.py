@@ -161,7 +161,10 @@ class Settings(BaseSettings):
         "serves anyone; `auto` is off when the API binds to a loopback address, on otherwise.",
     )
     max_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Largest request body the API reads (413)."
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the API reads (413); a batch file upload (POST "
+        "/v1/files) is bounded by `LLMSPOOL_BATCH_MAX_FILE_BYTES` instead.",
     )
     max_messages: int = Field(
         default=1024, ge=1, description="Most messages one chat request may carry (400)."
