@@ -47,6 +47,15 @@ def test_body_too_large_by_content_length(small_stack: Stack) -> None:
     assert error["code"] == "payload_too_large"
 
 
+def test_batch_file_upload_has_its_own_bound(small_stack: Stack) -> None:
+    """A batch input file is bounded by LLMSPOOL_BATCH_MAX_FILE_BYTES, not the body limit."""
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}\n'
+    files = {"file": ("in.jsonl", line * 100, "application/jsonl")}
+    response = post(small_stack, "/v1/files", data={"purpose": "batch"}, files=files)
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == len(line) * 100
+
+
 def test_body_too_large_chunked(small_stack: Stack) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"model": "fake", "prompt": "'
