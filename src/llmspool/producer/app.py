@@ -119,6 +119,9 @@ def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config
             _bound(props.get(field, {}), "integer", "maximum", context)
         _bound(props.get("messages", {}), "array", "maxItems", settings.max_messages)
         _bound(props.get("prompt", {}), "string", "maxLength", settings.max_prompt_chars)
+    upload = schemas.get("Body_create_file_v1_files_post", {}).get("properties", {})
+    if "file" in upload:  # an empty batch input file is refused (400 empty_file)
+        upload["file"]["minLength"] = 1
 
 
 def _bound(prop: dict[str, Any], kind: str, keyword: str, limit: int) -> None:

@@ -109,7 +109,14 @@ async def delete_file(file_id: str, producer: ProducerDep) -> FileDeleted:
     return FileDeleted(id=file_id)
 
 
-@router.get("/v1/files/{file_id}/content", responses=_ERRORS)
+@router.get(
+    "/v1/files/{file_id}/content",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+    },
+)
 async def file_content(file_id: str, producer: ProducerDep) -> Response:
     """A file's bytes (a batch's output and error files are JSONL)."""
     content = await _store(producer).file_content(file_id)
