@@ -233,3 +233,40 @@ def _submit_batch(base_url: str, lines: int, max_tokens: int) -> str:
         timeout=30,
     ).json()
     return str(created["id"])
+
+
+def test_console_actions_pin_auto_and_drain(browser: Any, console_stack: Stack) -> None:
+    page = Page(browser, console_stack)
+    state = httpx.get(f"{console_stack.base_url}/admin/console/state", timeout=10).json()
+    if not (state["features"]["scale"] and state["features"]["drain"]):
+        pytest.skip("this API serves no scale/drain routes")
+    card = page.page.locator('[data-model="fake"]')
+    pool = card.locator('[data-field="pool"]')
+    card.locator('[data-role="pin-count"]').fill("0")
+    card.locator('[data-action="pin"]').click()
+    page.page.wait_for_function(
+        'document.querySelector(\'[data-model="fake"] [data-field="pool"]\')'
+        ".dataset.mode === 'pinned'",
+        timeout=20_000,
+    )
+    assert "pinned to 0" in str(pool.text_content())
+    admin = httpx.get(f"{console_stack.base_url}/admin/models/fake", timeout=10).json()
+    assert admin["pin"] == 0
+    assert "done" in str(page.page.text_content("#notice"))
+
+    card.locator('[data-action="auto"]').click()
+    page.page.wait_for_function(
+        'document.querySelector(\'[data-model="fake"] [data-field="pool"]\')'
+        ".dataset.mode === 'auto'",
+        timeout=20_000,
+    )
+    assert (
+        httpx.get(f"{console_stack.base_url}/admin/models/fake", timeout=10).json()["pin"] is None
+    )
+
+    card.locator('[data-worker] [data-action="drain"]').click()  # the worker finishes and exits
+    page.page.wait_for_selector(
+        '[data-model="fake"] [data-worker]', state="detached", timeout=30_000
+    )
+    assert console_stack.consumers("fake") == 0
+    assert page.problems == []

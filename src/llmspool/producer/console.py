@@ -1,8 +1,9 @@
 """The operator console: ``GET /console`` (one static page) and the JSON it polls.
 
 ``GET /admin/console/state`` gathers, per configured model, the live workers (registry), the
-queue (consumer-group lag and pending of the interactive and batch streams, the dead stream's
-length and last entries) and the TTFT/throughput timeline. It also says which optional routes
+queue (:func:`~llmspool.shared.queues.queue_stats`, the numbers ``llmspool queue`` prints, and
+the dead stream's newest entries), the control state (pin, offline, the control loop's desired
+worker count) and the TTFT/throughput timeline. It also says which optional routes
 this API serves (batches, request log, feedback, scaling, drain, requeue), so the page shows an
 action or a section only where the route behind it exists, and "not available" otherwise.
 """
@@ -19,13 +20,14 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
+from llmspool.control import operations
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.timeline import Series, read_series
-from llmspool.shared import keys
+from llmspool.shared import control, keys
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import decode_fields
+from llmspool.shared.queues import QueueStats, queue_stats
 from llmspool.shared.registry import WorkerInfo, live_workers
 
 STATIC = Path(__file__).parent / "static"
@@ -51,7 +53,7 @@ ProducerDep = Annotated[Producer, Depends(get_producer)]
 
 
 class StreamState(BaseModel):
-    """One work stream's consumer group, as XINFO GROUPS reports it."""
+    """One work stream and its consumer group, as XINFO GROUPS reports it."""
 
     length: int = 0
     lag: int = 0
@@ -66,16 +68,13 @@ class DeadEntry(BaseModel):
 
 
 class QueueState(BaseModel):
-    """A model's queues: backlog = undelivered (lag) + in flight (pending)."""
+    """A model's queues: backlog = undelivered (lag) + in flight (pending), both streams."""
 
     requests: StreamState
     batch: StreamState
+    oldest_age: float | None
     dead: int
     dead_recent: list[DeadEntry]
-
-    @property
-    def backlog(self) -> int:
-        return self.requests.lag + self.requests.pending + self.batch.lag + self.batch.pending
 
 
 class ModelState(BaseModel):
@@ -86,8 +85,9 @@ class ModelState(BaseModel):
     min_workers: int
     max_workers: int
     max_concurrency: int
+    pin: int | None
+    offline: bool
     desired_workers: int | None
-    scale_mode: str | None
     workers: list[WorkerInfo]
     queue: QueueState
     backlog: int
@@ -98,6 +98,8 @@ class ConsoleState(BaseModel):
     """The JSON the console polls."""
 
     now: float
+    #: The running control loop's driver (``local``, ``kubernetes``), None when none runs.
+    controller: str | None
     features: dict[str, bool]
     models: list[ModelState]
 
@@ -116,10 +118,21 @@ async def console_page() -> FileResponse:
 
 @router.get("/admin/console/state", response_model=ConsoleState)
 async def console_state(request: Request, producer: ProducerDep) -> ConsoleState:
-    """Models, workers, queues and timelines, for the console to draw."""
-    workers = await live_workers(producer.redis)
-    models = [await _model_state(producer.redis, m, workers) for m in producer.config.models]
-    return ConsoleState(now=time.time(), features=features(request.app), models=models)
+    """Models, workers, queues, pool decisions and timelines, for the console to draw."""
+    redis, names = producer.redis, producer.config.names()
+    workers = await live_workers(redis)
+    controls = await control.model_controls(redis, names)
+    controller = await operations.controller_state(redis)
+    models = [
+        await _model_state(redis, m, workers, controls[m.name], controller)
+        for m in producer.config.models
+    ]
+    return ConsoleState(
+        now=time.time(),
+        controller=controller.driver,
+        features=features(request.app),
+        models=models,
+    )
 
 
 def features(app: FastAPI) -> dict[str, bool]:
@@ -133,48 +146,40 @@ def features(app: FastAPI) -> dict[str, bool]:
     return {name: route in served for name, route in FEATURES.items()}
 
 
-async def _model_state(redis: Redis, model: ModelConfig, workers: list[WorkerInfo]) -> ModelState:
-    queue = await queue_state(redis, model.name)
+async def _model_state(
+    redis: Redis,
+    model: ModelConfig,
+    workers: list[WorkerInfo],
+    ctl: control.ModelControl,
+    controller: operations.ControllerState,
+) -> ModelState:
+    stats = await queue_stats(redis, model.name)
     return ModelState(
         name=model.name,
         backend=model.backend,
         min_workers=model.min_workers,
         max_workers=model.max_workers,
         max_concurrency=model.max_concurrency,
-        desired_workers=None,
-        scale_mode=None,
+        pin=ctl.pin,
+        offline=ctl.offline,
+        desired_workers=controller.desired.get(model.name),
         workers=[w for w in workers if w.model == model.name],
-        queue=queue,
-        backlog=queue.backlog,
+        queue=await _queue_state(redis, stats),
+        backlog=stats.backlog,
         series=await read_series(redis, model.name),
     )
 
 
-async def queue_state(redis: Redis, model: str) -> QueueState:
-    """Lag and pending of both work streams, and the dead stream's size and newest entries."""
-    dead_key = keys.dead_stream(model)
-    recent: list[Any] = await redis.xrevrange(dead_key, count=DEAD_SHOWN)
+async def _queue_state(redis: Redis, stats: QueueStats) -> QueueState:
+    """The queue numbers (as ``llmspool queue`` shows them) and the newest dead jobs."""
+    recent: list[Any] = await redis.xrevrange(keys.dead_stream(stats.model), count=DEAD_SHOWN)
     return QueueState(
-        requests=await _stream_state(redis, keys.requests_stream(model)),
-        batch=await _stream_state(redis, keys.batch_stream(model)),
-        dead=await redis.xlen(dead_key),
+        requests=StreamState(**stats.requests.model_dump(include={"length", "lag", "pending"})),
+        batch=StreamState(**stats.batch.model_dump(include={"length", "lag", "pending"})),
+        oldest_age=stats.oldest_age(),
+        dead=stats.dead,
         dead_recent=[DeadEntry(id=_text(i), fields=decode_fields(f)) for i, f in recent],
     )
-
-
-async def _stream_state(redis: Redis, stream: str) -> StreamState:
-    try:
-        groups: list[dict[Any, Any]] = await redis.xinfo_groups(stream)
-    except ResponseError:  # no such stream yet
-        return StreamState()
-    length = await redis.xlen(stream)
-    group = next((g for g in groups if _text(g.get("name", b"")) == keys.GROUP), None)
-    if group is None:
-        return StreamState(length=length, lag=length)
-    lag = group.get("lag")
-    pending = int(group.get("pending") or 0)
-    # Redis reports no lag when it cannot tell (entries deleted); undelivered <= length.
-    return StreamState(length=length, lag=int(lag) if lag is not None else length, pending=pending)
 
 
 def _text(value: Any) -> str:

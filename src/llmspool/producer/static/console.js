@@ -142,18 +142,19 @@
   function card(model) {
     let c = page.cards.get(model.name);
     if (c) return c;
-    const pin = h("input", { type: "number", min: 0, value: model.max_workers, "aria-label": "workers", dataset: { role: "pin-count" } });
+    const pin = h("input", { type: "number", min: 0, max: model.max_workers, value: model.pin ?? model.workers.length, "aria-label": "workers", dataset: { role: "pin-count" } });
     const scale = h("div", { class: "scale", dataset: { role: "scale" } },
       "workers", pin,
       h("button", { type: "button", dataset: { action: "pin" }, onclick: () => act(`pin ${model.name} to ${pin.value}`, `/admin/models/${encodeURIComponent(model.name)}/scale`, { workers: Number(pin.value) }) }, "pin"),
       h("button", { type: "button", dataset: { action: "auto" }, onclick: () => act(`${model.name} back to auto`, `/admin/models/${encodeURIComponent(model.name)}/scale`, { auto: true }) }, "auto"));
     const head = h("div", { class: "model-head" },
       h("h2", {}, model.name), h("span", { class: "pill" }, model.backend),
-      h("span", { class: "pill", dataset: { field: "pool" } }), scale);
+      h("span", { class: "pill", dataset: { field: "pool" } }),
+      h("span", { class: "badge error", dataset: { field: "offline" }, hidden: true }, "offline"), scale);
     const body = h("div", {});
     const el = h("article", { class: "model", dataset: { model: model.name } }, head, body);
     byId("models").append(el);
-    c = { el, body, scale, pool: head.querySelector('[data-field="pool"]') };
+    c = { el, body, scale, pool: head.querySelector('[data-field="pool"]'), offline: head.querySelector('[data-field="offline"]') };
     page.cards.set(model.name, c);
     return c;
   }
@@ -163,13 +164,15 @@
       h("div", { class: "label" }, label), h("div", { class: "value", dataset: { field } }, value));
   }
 
-  function renderModel(model, now) {
+  function renderModel(model, now, controller) {
     const c = card(model);
     const q = model.queue;
     const hist = remember(model, now);
     const desired = model.desired_workers === null ? "n/a" : model.desired_workers;
-    const mode = model.scale_mode ? ` · ${model.scale_mode}` : "";
-    c.pool.textContent = `${model.workers.length} live / ${desired} desired · min ${model.min_workers} max ${model.max_workers}${mode}`;
+    const mode = model.pin !== null ? `pinned to ${model.pin}` : controller ? `auto (${controller})` : "auto (no control loop)";
+    c.pool.textContent = `${model.workers.length} live / ${desired} desired · min ${model.min_workers} max ${model.max_workers} · ${mode}`;
+    c.pool.dataset.mode = model.pin !== null ? "pinned" : "auto";
+    c.offline.hidden = !model.offline;
     c.scale.hidden = !page.features.scale;
     const s = model.series;
     const span = s.step * s.ttft_ms.length;
@@ -182,6 +185,7 @@
         stat("waiting", q.requests.lag, "lag", q.requests.lag > 0 ? "warn" : ""),
         stat("in flight", q.requests.pending, "pending"),
         stat("backlog", model.backlog, "backlog", model.backlog > capacity && capacity > 0 ? "warn" : ""),
+        stat("oldest waits", q.oldest_age === null ? "–" : ago(q.oldest_age), "oldest", q.oldest_age > 10 ? "warn" : ""),
         stat("batch waiting", q.batch.lag, "batch-lag"),
         stat("dead", q.dead, "dead", q.dead > 0 ? "bad" : ""),
         stat("workers", `${model.workers.length} / ${desired}`, "workers"),
@@ -299,7 +303,9 @@
     try {
       const state = await api("/admin/console/state");
       page.features = state.features;
-      state.models.forEach((m) => renderModel(m, state.now));
+      state.models.forEach((m) => renderModel(m, state.now, state.controller));
+      const names = new Set(state.models.map((m) => m.name));
+      for (const [name, c] of page.cards) if (!names.has(name)) { c.el.remove(); page.cards.delete(name); }
       if (page.ticks % SLOW_EVERY === 0) {
         await Promise.all([renderBatches(), renderRequests()].map((p) => p.catch((e) => notify(e.message, false))));
       }
