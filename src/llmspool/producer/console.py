@@ -1,7 +1,7 @@
 """The operator console: ``GET /console`` (one static page) and the JSON it polls.
 
 ``GET /admin/console/state`` gathers, per configured model, the live workers (registry), the
-queue (:func:`~llmspool.shared.queues.queue_stats`, the numbers ``llmspool queue`` prints, and
+queue (:func:`~llmspool.shared.backlog.queue_stats`, the numbers ``llmspool queue`` prints, and
 the dead stream's newest entries), the control state (pin, offline, the control loop's desired
 worker count) and the TTFT/throughput timeline. It also says which optional routes
 this API serves (batches, request log, feedback, scaling, drain, requeue), so the page shows an
@@ -25,9 +25,9 @@ from llmspool.control import operations
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.timeline import Series, read_series
 from llmspool.shared import control, keys
+from llmspool.shared.backlog import QueueStats, queue_stats
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import decode_fields
-from llmspool.shared.queues import QueueStats, queue_stats
 from llmspool.shared.registry import WorkerInfo, live_workers
 
 STATIC = Path(__file__).parent / "static"
