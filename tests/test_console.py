@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import StackFactory
-from tests.helpers import CHROMIUM_ARGS, Stack, chromium_executable
+from tests.helpers import CHROMIUM_ARGS, Stack, chromium_executable, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -270,3 +270,53 @@ def test_console_actions_pin_auto_and_drain(browser: Any, console_stack: Stack) 
     )
     assert console_stack.consumers("fake") == 0
     assert page.problems == []
+
+
+def test_console_requeues_a_dead_job(browser: Any, console_stack: Stack) -> None:
+    state = httpx.get(f"{console_stack.base_url}/admin/console/state", timeout=10).json()
+    if not state["features"]["requeue"]:
+        pytest.skip("this API serves no requeue route")
+    client = console_stack.redis.client()
+    dead_id = client.xadd("llmspool:{fake}:dead", _dead_job("chatcmpl-dead-1"))
+    page = Page(browser, console_stack)
+    page.wait_field("fake", "dead", "v === 1")
+    page.page.click(f'[data-model="fake"] [data-dead="{dead_id}"] [data-action="requeue"]')
+    page.wait_field("fake", "dead", "v === 0")
+    assert client.xlen("llmspool:{fake}:dead") == 0
+    again = f"{console_stack.base_url}/admin/models/fake/dead/{dead_id}/requeue"
+    assert httpx.post(again, timeout=10).status_code == 404  # requeued once only
+    bad = f"{console_stack.base_url}/admin/models/fake/dead/nonsense/requeue"
+    assert httpx.post(bad, timeout=10).json()["error"]["param"] == "entry_id"
+    requeued = client.xinfo_stream("llmspool:{fake}:requests")["last-generated-id"]
+    wait_until(lambda: _served(client, requeued), 30, what="the requeued job to be served")
+    assert page.problems == []
+
+
+def _dead_job(request_id: str) -> dict[str, str]:
+    """A job as the dead stream holds it: its fields plus why it died."""
+    body = {"model": "fake", "messages": [{"role": "user", "content": "again"}], "max_tokens": 3}
+    return {
+        "v": "1",
+        "request_id": request_id,
+        "kind": "chat",
+        "model": "fake",
+        "enqueued_at": "1.0",
+        "deadline": "2.0",  # long past: a requeued job gets a fresh one
+        "body": json.dumps(body),
+        "error": "worker crashed",
+        "attempts": "3",
+        "source_stream": "llmspool:{fake}:requests",
+        "source_id": "1-0",
+        "failed_at": "3.0",
+    }
+
+
+def _served(client: Any, entry_id: str) -> bool:
+    """The group has delivered ``entry_id`` and nothing is left unacknowledged."""
+    group = client.xinfo_groups("llmspool:{fake}:requests")[0]
+    return bool(group["pending"] == 0 and _id(group["last-delivered-id"]) >= _id(entry_id))
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, parse_config
 from llmspool.shared.control import DrainMode, ReloadStatus
 from llmspool.shared.errors import ConfigError, InvalidRequest, NoControlLoop, NotFound
+from llmspool.shared.messages import decode_fields
 from llmspool.shared.registry import WorkerInfo
 
 
@@ -163,6 +165,61 @@ async def reload(redis: Redis, wait: float) -> ReloadStatus:
         if status.applied >= number or time.monotonic() >= deadline:
             return status
         await asyncio.sleep(0.1)
+
+
+#: Fields the dead stream adds to a job (``consumers/delivery.py``); a requeued job drops them.
+DEAD_FIELDS = frozenset({"error", "attempts", "source_stream", "source_id", "failed_at"})
+_ENTRY_ID = re.compile(r"^[0-9]+-[0-9]+$")
+
+#: Move one dead entry onto a work stream, only while it is still in the dead stream (two
+#: operators pressing "requeue" at once enqueue it once). Both keys share the model's hash tag.
+_REQUEUE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+"""
+
+
+class Requeued(BaseModel):
+    """A dead job put back on a work stream."""
+
+    model: str
+    dead_id: str
+    stream: str
+    id: str
+    request_id: str | None
+
+
+async def requeue_dead(
+    redis: Redis, config: Config, name: str, dead_id: str, timeout: float
+) -> Requeued:
+    """Put dead job ``dead_id`` of ``name`` back on the stream it came from, with a fresh
+    deadline (the model's timeout, else ``timeout`` seconds), and remove it from the dead stream.
+    Its client got an error long ago: nobody waits for the new reply."""
+    model = config.model(name)
+    if not _ENTRY_ID.match(dead_id):
+        raise InvalidRequest(f"'{dead_id}' is not a stream entry id", param="entry_id")
+    dead = keys.dead_stream(model.name)
+    found: list[Any] = await redis.xrange(dead, min=dead_id, max=dead_id)
+    if not found:
+        raise NotFound(f"no dead job '{dead_id}' of model '{model.name}'", param="entry_id")
+    fields = decode_fields(found[0][1])
+    stream = fields.get("source_stream", "")
+    if stream not in keys.model_streams(model.name):
+        stream = keys.requests_stream(model.name)
+    job = {k: v for k, v in fields.items() if k not in DEAD_FIELDS}
+    now = time.time()
+    job.update(enqueued_at=f"{now:.6f}", deadline=f"{now + (model.timeout or timeout):.6f}")
+    args = [value for pair in job.items() for value in pair]
+    new_id: Any = await redis.eval(_REQUEUE, 2, dead, stream, dead_id, *args)  # type: ignore[misc]
+    if new_id is None:
+        raise NotFound(f"dead job '{dead_id}' was requeued or removed meanwhile", param="entry_id")
+    return Requeued(
+        model=model.name,
+        dead_id=dead_id,
+        stream=stream,
+        id=_text(new_id),
+        request_id=job.get("request_id"),
+    )
 
 
 def _text(value: Any) -> str:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, model_validator
 
 from llmspool.control import operations
-from llmspool.control.operations import ControllerState, ModelStatus
+from llmspool.control.operations import ControllerState, ModelStatus, Requeued
 from llmspool.producer.auth import require_admin
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry
@@ -115,6 +115,16 @@ async def restart(model: str, producer: ProducerDep) -> RestartView:
     """Rolling restart of the model's workers; no request is lost."""
     number = await operations.restart(producer.redis, producer.config, model)
     return RestartView(model=model, restart=number)
+
+
+@router.post(
+    "/models/{model:path}/dead/{entry_id}/requeue", response_model=Requeued, responses=_ERRORS
+)
+async def requeue(model: str, entry_id: str, producer: ProducerDep) -> Requeued:
+    """Put a dead job back on its work stream with a fresh deadline; nobody waits for its reply."""
+    return await operations.requeue_dead(
+        producer.redis, producer.config, model, entry_id, producer.settings.request_timeout
+    )
 
 
 @router.get("/models/{model:path}", response_model=ModelStatus, responses=_ERRORS)
