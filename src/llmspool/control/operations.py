@@ -199,7 +199,8 @@ async def requeue_dead(
     if not _ENTRY_ID.match(dead_id):
         raise InvalidRequest(f"'{dead_id}' is not a stream entry id", param="entry_id")
     dead = keys.dead_stream(model.name)
-    found: list[Any] = await redis.xrange(dead, min=dead_id, max=dead_id)
+    in_range = all(int(part) < 2**64 for part in dead_id.split("-"))
+    found: list[Any] = await redis.xrange(dead, min=dead_id, max=dead_id) if in_range else []
     if not found:
         raise NotFound(f"no dead job '{dead_id}' of model '{model.name}'", param="entry_id")
     fields = decode_fields(found[0][1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, Field, model_validator
 
 from llmspool.control import operations
@@ -120,7 +120,11 @@ async def restart(model: str, producer: ProducerDep) -> RestartView:
 @router.post(
     "/models/{model:path}/dead/{entry_id}/requeue", response_model=Requeued, responses=_ERRORS
 )
-async def requeue(model: str, entry_id: str, producer: ProducerDep) -> Requeued:
+async def requeue(
+    model: str,
+    entry_id: Annotated[str, Path(pattern=r"^[0-9]+-[0-9]+$")],
+    producer: ProducerDep,
+) -> Requeued:
     """Put a dead job back on its work stream with a fresh deadline; nobody waits for its reply."""
     return await operations.requeue_dead(
         producer.redis, producer.config, model, entry_id, producer.settings.request_timeout
