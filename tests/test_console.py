@@ -286,7 +286,7 @@ def test_console_requeues_a_dead_job(browser: Any, console_stack: Stack) -> None
     again = f"{console_stack.base_url}/admin/models/fake/dead/{dead_id}/requeue"
     assert httpx.post(again, timeout=10).status_code == 404  # requeued once only
     bad = f"{console_stack.base_url}/admin/models/fake/dead/nonsense/requeue"
-    assert httpx.post(bad, timeout=10).json()["error"]["param"] == "entry_id"
+    assert httpx.post(bad, timeout=10).json()["error"]["param"] == "path.entry_id"
     requeued = client.xinfo_stream("llmspool:{fake}:requests")["last-generated-id"]
     wait_until(lambda: _served(client, requeued), 30, what="the requeued job to be served")
     assert page.problems == []
