@@ -28,7 +28,7 @@ def test_batch_on_gemma(stack_factory: StackFactory) -> None:
     for line in good:
         body = line["response"]["body"]
         assert body["model"] == "gemma-3-270m" and 0 < body["usage"]["completion_tokens"] <= 4
-        assert body["choices"][0]["message"]["content"].strip()
+        assert isinstance(body["choices"][0]["message"]["content"], str)  # sampled: may be blank
     # an interactive request is served while (or after) the batch ran, on the one-slot worker
     reply = client.chat.completions.create(
         model="gemma-3-270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=3
