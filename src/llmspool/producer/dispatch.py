@@ -15,6 +15,7 @@ one started. A missing worker becomes a deadline error instead of a hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -24,7 +25,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from llmspool.producer.observe import RequestTrace
 from llmspool.producer.relay import ReplyRelay
@@ -55,6 +55,27 @@ DEADLINE_GRACE = 2.0
 _EXPIRED = b""
 
 
+#: Admission and enqueueing in one step: the stream's backlog (the group's lag plus its pending
+#: entries, or the stream's length where Redis cannot tell the lag) against the limit, then the
+#: XADD. Returns {1, entry id} or {0, backlog}. KEYS[1]: stream; ARGV: limit, group, fields.
+_ADMIT_AND_ADD = """
+local depth = nil
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if type(groups) == 'table' and not groups.err then
+  for _, group in ipairs(groups) do
+    local info = {}
+    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+    if info['name'] == ARGV[2] and info['lag'] then
+      depth = tonumber(info['lag']) + tonumber(info['pending'])
+    end
+  end
+end
+if depth == nil then depth = redis.call('XLEN', KEYS[1]) end
+if depth >= tonumber(ARGV[1]) then return {0, depth} end
+return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
+"""
+
+
 class Dispatcher:
     """Puts jobs on model streams and hands back their replies."""
 
@@ -74,28 +95,24 @@ class Dispatcher:
     def deadline(self, model: ModelConfig, timeout: float | None = None) -> float:
         return time.time() + (timeout or model.timeout or self.settings.request_timeout)
 
-    async def admit(self, model: ModelConfig) -> None:
-        """Raise :class:`QueueFull` when ``model`` already has its limit of jobs in the queue
-        (waiting or running: the group's lag plus its pending entries)."""
-        limit = model.queue_limit or self.settings.queue_limit
-        depth = await queue_depth(self.redis, keys.requests_stream(model.name))
-        if depth >= limit:
-            raise QueueFull(
-                f"The queue of model '{model.name}' is full ({depth} requests waiting or "
-                f"running, limit {limit}); retry later.",
-                retry_after=1,
-            )
-
     async def submit(
-        self, job: Job, trace: RequestTrace, idempotency_key: str | None = None
+        self,
+        job: Job,
+        trace: RequestTrace,
+        idempotency_key: str | None = None,
+        model: ModelConfig | None = None,
     ) -> Reply:
         """Enqueue ``job`` and return its reply (subscribed before the job exists); ``trace``
-        watches it until the reply closes."""
+        watches it until the reply closes. Raises :class:`QueueFull` when the model already has
+        its limit of jobs waiting or running (checked and enqueued in one script)."""
         meta = ReplyMeta.of(job)
         channel = keys.reply_channel(job.request_id)
-        queue = await self.relay.subscribe(channel)
+        # Not waiting for Redis to confirm: the SUBSCRIBE is written before the XADD, and the
+        # first PUBLISH can only follow the XADD (a worker reads the job first). Should a frame
+        # be missed anyway, the reply log has it (see Reply._next and Reply._tick).
+        queue = await self.relay.subscribe(channel, confirm=False)
         try:
-            await self._enqueue(job, meta)
+            await self._enqueue(job, meta, self._limit(model))
         except UNAVAILABLE as exc:
             await self._abandon(channel, idempotency_key)
             raise ServiceUnavailable(f"cannot enqueue: redis unavailable ({exc})") from exc
@@ -106,14 +123,33 @@ class Dispatcher:
         reply.idempotency_key = idempotency_key
         return reply
 
-    async def _enqueue(self, job: Job, meta: ReplyMeta) -> None:
+    def _limit(self, model: ModelConfig | None) -> int:
+        if model is None:
+            return self.settings.queue_limit
+        return model.queue_limit or self.settings.queue_limit
+
+    async def _enqueue(self, job: Job, meta: ReplyMeta, limit: int) -> None:
         log_key = keys.reply_log(job.request_id)
-        fields: Any = job.to_fields()
+        stream = keys.requests_stream(job.model)
+        fields = job.to_fields()
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(log_key, {"m": meta.dumps()})
         pipe.expire(log_key, self.settings.replylog_ttl + int(job.deadline - time.time()))
-        pipe.xadd(keys.requests_stream(job.model), fields)
-        await pipe.execute()
+        args: list[Any] = [limit, keys.GROUP]
+        for name, value in fields.items():
+            args += [name, value]
+        # EVAL, not EVALSHA: it works the same in a pipeline and on a cluster, and Redis
+        # caches the compiled script by its hash
+        pipe.eval(_ADMIT_AND_ADD, 1, stream, *args)
+        *_, (added, depth) = await pipe.execute()
+        if not added:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.redis.delete(log_key)
+            raise QueueFull(
+                f"The queue of model '{job.model}' is full ({depth} requests waiting or "
+                f"running, limit {limit}); retry later.",
+                retry_after=1,
+            )
 
     async def _abandon(self, channel: str, idempotency_key: str | None) -> None:
         await self.relay.unsubscribe(channel)
@@ -182,21 +218,6 @@ class Dispatcher:
             await publish(self.redis, keys.CANCEL_CHANNEL, request_id)
         except UNAVAILABLE as exc:
             log.warning("could not cancel %s: %s", request_id, exc)
-
-
-async def queue_depth(redis: Redis, stream: str) -> int:
-    """Jobs of ``stream`` not yet delivered (lag) plus those being run (pending)."""
-    try:
-        groups: Any = await redis.xinfo_groups(stream)
-    except ResponseError:  # no stream yet
-        return 0
-    for group in groups:
-        if _text(group["name"]) == keys.GROUP:
-            lag = group.get("lag")
-            if lag is None:  # undeterminable after deletions: count the stream instead
-                return int(await redis.xlen(stream))
-            return int(lag) + int(group["pending"])
-    return int(await redis.xlen(stream))
 
 
 async def read_log(

@@ -1,8 +1,9 @@
 """One pub/sub connection per producer process, multiplexing every request's reply channel.
 
 A reader task owns the connection and routes each message into the asyncio queue of the
-request it belongs to. :meth:`ReplyRelay.subscribe` returns only once Redis has confirmed the
-subscription, so a job enqueued after it cannot publish into the void.
+request it belongs to. :meth:`ReplyRelay.subscribe` returns once the SUBSCRIBE is written to
+Redis (enough when the publisher can only start after a later command, as with a job enqueued
+after it) or, with ``confirm``, once Redis has confirmed the subscription.
 """
 
 from __future__ import annotations
@@ -62,16 +63,19 @@ class ReplyRelay:
         """Requests currently waiting for replies."""
         return len(self._queues)
 
-    async def subscribe(self, channel: str) -> asyncio.Queue[bytes]:
-        """Start routing ``channel`` into a new queue, once Redis confirms the subscription."""
+    async def subscribe(self, channel: str, confirm: bool = True) -> asyncio.Queue[bytes]:
+        """Start routing ``channel`` into a new queue; with ``confirm``, return once Redis
+        has confirmed the subscription, else once the SUBSCRIBE is written."""
         name = channel.encode()
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._queues[name] = queue
         confirmed = asyncio.get_running_loop().create_future()
-        self._confirmations[name] = confirmed
+        if confirm:
+            self._confirmations[name] = confirmed
         try:
             await self._command("subscribe", channel)
-            await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
+            if confirm:
+                await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
         except (TimeoutError, *UNAVAILABLE) as exc:
             self._forget(name)
             raise ServiceUnavailable(

@@ -26,7 +26,7 @@ from llmspool.shared.protocol import (
     Usage,
 )
 
-#: Events are written as bytes: sse-starlette passes bytes through without re-encoding them.
+#: Events are built as bytes and written as they are (producer/sse.py).
 DONE = b"data: [DONE]\n\n"
 
 

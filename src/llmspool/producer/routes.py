@@ -26,12 +26,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic_core import PydanticSerializationError
-from sse_starlette import EventSourceResponse
 
 from llmspool.producer import auth, responses
 from llmspool.producer.dispatch import Dispatcher, Reply
 from llmspool.producer.observe import RequestTrace
 from llmspool.producer.service import Producer, get_producer
+from llmspool.producer.sse import EventStream
 from llmspool.shared import registry
 from llmspool.shared.config import Capability, ModelConfig
 from llmspool.shared.errors import (
@@ -85,7 +85,7 @@ async def chat_completions(
     """Create a chat completion, streamed (SSE) or not."""
     reply = await _submit(producer, request, body, JobKind.CHAT, "chatcmpl")
     if body.stream:
-        return _stream(producer, reply)
+        return _stream(reply)
     return await _whole(request, reply)
 
 
@@ -94,7 +94,7 @@ async def completions(body: CompletionRequest, request: Request, producer: Produ
     """Create a text completion, streamed (SSE) or not."""
     reply = await _submit(producer, request, body, JobKind.COMPLETION, "cmpl")
     if body.stream:
-        return _stream(producer, reply)
+        return _stream(reply)
     return await _whole(request, reply)
 
 
@@ -117,7 +117,7 @@ async def request_events(
     ``Last-Event-ID`` (from the start without it)."""
     after = responses.parse_event_id(last_event_id)
     reply = await producer.dispatcher.follow(request_id)
-    return _stream(producer, reply, after)
+    return _stream(reply, after)
 
 
 @router.get("/v1/requests/{request_id}", response_model=None, responses=_ERRORS)
@@ -211,8 +211,7 @@ async def _enqueue(
         if producer.control.is_offline(model.name):
             raise ModelOffline(model.name)
         _check_size(job.body, producer.settings)
-        await dispatcher.admit(model)
-        return await _submitted(dispatcher, job, trace, key)
+        return await _submitted(dispatcher, job, trace, key, model)
     except BaseException as exc:  # refused before a worker saw it: still one log record
         if isinstance(exc, LLMSpoolError):
             trace.fail(exc)
@@ -224,10 +223,10 @@ async def _enqueue(
 
 
 async def _submitted(
-    dispatcher: Dispatcher, job: Job, trace: RequestTrace, key: str | None
+    dispatcher: Dispatcher, job: Job, trace: RequestTrace, key: str | None, model: ModelConfig
 ) -> Reply:
     try:
-        return await dispatcher.submit(job, trace, key)
+        return await dispatcher.submit(job, trace, key, model)
     except PydanticSerializationError:
         raise InvalidRequest(
             "The request holds text that is not valid Unicode (a lone surrogate).",
@@ -307,16 +306,11 @@ def _check_size(body: Any, settings: Settings) -> None:
         )
 
 
-def _stream(
-    producer: Producer, reply: Reply, after: responses.EventId | None = None
-) -> EventSourceResponse:
+def _stream(reply: Reply, after: responses.EventId | None = None) -> EventStream:
+    # on SIGTERM, open streams may finish for uvicorn's graceful-shutdown timeout (runner.py)
     writer = responses.ChunkWriter(reply.meta)
-    return EventSourceResponse(
-        responses.sse_events(reply, writer, after),
-        sep="\n",
-        headers={"x-request-id": reply.request_id},
-        # on SIGTERM, open streams may finish for the drain timeout before being cut
-        shutdown_grace_period=producer.settings.drain_timeout,
+    return EventStream(
+        responses.sse_events(reply, writer, after), headers={"x-request-id": reply.request_id}
     )
 
 
