@@ -4,6 +4,14 @@ A reader task owns the connection and routes each message into the asyncio queue
 request it belongs to. :meth:`ReplyRelay.subscribe` returns once the SUBSCRIBE is written to
 Redis (enough when the publisher can only start after a later command, as with a job enqueued
 after it) or, with ``confirm``, once Redis has confirmed the subscription.
+
+The connection is a plain redis-py :class:`~redis.asyncio.connection.Connection` (so TLS, ACL
+users and RESP versions work as for every other command) read message by message, without
+redis-py's ``PubSub`` layer: that layer costs a timeout context, a health check and a retry
+wrapper per message, which made it the largest single cost of relaying a frame. Liveness is
+checked here instead: a PING every ``KEEPALIVE`` seconds, and a connection that has said
+nothing for three of them is dropped and opened again, with every channel subscribed again.
+Frames published while it was away are read from the reply log (see dispatch.Reply).
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ import logging
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
 from llmspool.shared import keys
 from llmspool.shared.errors import ServiceUnavailable
@@ -25,6 +33,10 @@ from llmspool.shared.shardpubsub import ShardSubscriber
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT = 5.0
+#: Seconds between PINGs on the subscribed connection; three silent ones drop it.
+KEEPALIVE = 5.0
+#: Channels per SUBSCRIBE when subscribing everything again after a reconnect.
+_RESUBSCRIBE_BATCH = 500
 
 
 class ReplyRelay:
@@ -33,28 +45,38 @@ class ReplyRelay:
     def __init__(self, redis: Redis, producer_id: str) -> None:
         self._redis = redis
         self._home = keys.producer_channel(producer_id)
-        self._pubsub: PubSub | None = None
+        self._conn: AbstractConnection | None = None
         self._shards: ShardSubscriber | None = None
         self._queues: dict[bytes, asyncio.Queue[bytes]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._heard_at = 0.0
+        self._up = asyncio.Event()  # connected, and the followed channels subscribed
         self.messages = 0
 
     async def start(self) -> None:
         if is_cluster(self._redis):  # sharded channels, one connection per owning shard
             self._shards = ShardSubscriber(cast(RedisCluster, self._redis), self._route_shard)
             return
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._home)
-        self._reader = asyncio.create_task(self._read_forever(), name="reply-relay")
+        pool = self._redis.connection_pool
+        # no socket timeout: an idle subscription is normal; liveness is the keepalive's job
+        kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+        self._conn = pool.connection_class(**kwargs)
+        await self._open()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read_forever(), name="reply-relay"),
+            loop.create_task(self._keepalive(), name="reply-relay-keepalive"),
+        ]
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await task
+        if self._conn is not None:
+            await self._conn.disconnect()
         if self._shards is not None:
             await self._shards.close()
 
@@ -97,42 +119,82 @@ class ReplyRelay:
         if self._shards is not None:
             await getattr(self._shards, verb)(channel)
             return
-        if self._pubsub is None:
+        await self._send(verb.upper(), channel)
+
+    async def _send(self, *args: str | bytes, wait: float = SUBSCRIBE_TIMEOUT) -> None:
+        """Write one command; while the reader task reconnects, wait up to ``wait`` s."""
+        conn = self._conn
+        if conn is None:
             raise ServiceUnavailable("the reply relay is not running")
-        await getattr(self._pubsub, verb)(channel)
+        if not (self._up.is_set() and conn.is_connected):
+            async with asyncio.timeout(wait):
+                await self._up.wait()
+        await conn.send_packed_command(conn.pack_command(*args), check_health=False)
+
+    async def _open(self) -> None:
+        """Connect, and subscribe the home channel and every channel being followed."""
+        conn = self._conn
+        assert conn is not None
+        await conn.connect()  # type: ignore[no-untyped-call]
+        self._heard_at = asyncio.get_running_loop().time()
+        channels: list[str | bytes] = [self._home, *self._queues]
+        for i in range(0, len(channels), _RESUBSCRIBE_BATCH):
+            batch = channels[i : i + _RESUBSCRIBE_BATCH]
+            await conn.send_packed_command(conn.pack_command("SUBSCRIBE", *batch))
+        self._up.set()
 
     async def _read_forever(self) -> None:
+        conn = self._conn
+        assert conn is not None
         while True:
             try:
-                await self._read()
+                if not conn.is_connected:
+                    await self._open()
+                await self._read(conn)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the connection comes back; pubsub re-subscribes
+            except Exception as exc:  # reconnect, subscribe again; the reply log has the gap
                 log.warning("reply relay lost redis: %s", exc)
+                self._up.clear()
+                await conn.disconnect(nowait=True)
                 await asyncio.sleep(0.2)
 
-    async def _read(self) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
-            return
+    async def _read(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            # A bounded wait: with no message for a while an unbounded read would hit the
-            # socket timeout; a lost connection reconnects here and re-subscribes every channel.
-            message = await pubsub.get_message(timeout=1.0)
-            if message is not None:
-                self._route(message)
+            message = await conn.read_response(disconnect_on_error=False, push_request=True)
+            self._heard_at = loop.time()
+            if isinstance(message, list) and len(message) >= 3:
+                self._route_parts(message[0], message[1], message[2])
+
+    async def _keepalive(self) -> None:
+        """PING the subscribed connection; drop it when it has been silent too long (a peer
+        gone without closing the socket would otherwise leave the reader waiting forever)."""
+        conn = self._conn
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            if not conn.is_connected:
+                continue
+            if loop.time() - self._heard_at > 3 * KEEPALIVE:
+                log.warning("reply relay: redis silent for %.0f s; reconnecting", 3 * KEEPALIVE)
+                self._up.clear()
+                await conn.disconnect(nowait=True)
+                continue
+            with contextlib.suppress(TimeoutError, ServiceUnavailable, *UNAVAILABLE):
+                await self._send("PING", wait=0)
 
     def _route_shard(self, kind: str, channel: bytes, payload: Any) -> None:
-        self._route({"type": kind, "channel": channel, "data": payload})
+        self._route_parts(kind.encode(), channel, payload)
 
-    def _route(self, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message["channel"]
-        if kind == "message":
+    def _route_parts(self, kind: bytes, channel: bytes, data: Any) -> None:
+        if kind == b"message":
             queue = self._queues.get(channel)
             if queue is not None:
                 self.messages += 1
-                queue.put_nowait(message["data"])
-        elif kind == "subscribe":
+                queue.put_nowait(data)
+        elif kind == b"subscribe":
             confirmed = self._confirmations.get(channel)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
