@@ -149,6 +149,9 @@ class Deliveries:
         return _text(raw) if raw is not None else None
 
     async def ack(self, entry: Entry) -> None:
+        if entry.delivery == 1:  # a first delivery has no error or handback recorded
+            await self.redis.xack(entry.stream, keys.GROUP, entry.id)
+            return
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(entry.stream, keys.GROUP, entry.id)
         pipe.hdel(keys.last_errors(self.model), entry.id)

@@ -128,7 +128,7 @@ def track(request: Request, reply: Reply) -> None:
         admission.reply = reply
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """A dependency for admin routers mounted outside ``/admin``: 403 without the admin scope."""
     key = current_key(request)
     if key is not None and not key.admin:

@@ -58,6 +58,7 @@ class Producer:
         return cls(settings, config, redis, relay, dispatcher, producer_id, timeline, observer)
 
 
-def get_producer(request: Request) -> Producer:
+async def get_producer(request: Request) -> Producer:
+    """The process's producer (async: FastAPI would run a plain function in a thread)."""
     producer: Producer = request.app.state.producer
     return producer
