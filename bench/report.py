@@ -104,7 +104,7 @@ def overhead_table(agg: dict[Key, Row], mode: str, label: str) -> str:
         base = agg.get((DIRECT, mode, level))
         if base is None:
             continue
-        for system in (SPOOL, LITELLM):
+        for system in [s for s in systems(agg) if s != DIRECT]:
             r = agg.get((system, mode, level))
             if r is None:
                 continue

@@ -202,7 +202,8 @@ def overhead(profile: Profile, workdir: Path) -> list[Row]:
         workdir / "overhead", fake_config(OVERHEAD_TTFT_MS, OVERHEAD_ITL_MS), "fake"
     )
     litellm = None
-    with running(direct, spool, None):
+    baseline = _baseline(workdir)
+    with running(direct, spool, baseline):
         spool.start()
         tokens = OVERHEAD_TOKENS
         systems = [
@@ -213,6 +214,9 @@ def overhead(profile: Profile, workdir: Path) -> list[Row]:
             ),
             llmspool_system("B llmspool", spool, tokens),
         ]
+        if baseline is not None:
+            baseline.start()
+            systems.append(llmspool_system(BASELINE_NAME, baseline, tokens))
         if profile.litellm and procs.litellm_available():
             litellm = procs.start_litellm(workdir, direct)
             target = [loadgen.Target(litellm.base_url, "fake", tokens, api_key="sk-bench")]
@@ -229,6 +233,22 @@ def overhead(profile: Profile, workdir: Path) -> list[Row]:
             modes += [("poisson", r) for r in profile.rates]
             rows = asyncio.run(sweep(systems, profile, modes))
     return [{**row, "suite": "overhead"} for row in rows]
+
+
+#: The overhead suite also runs llmspool as it was before the commit with this subject (the
+#: lean SSE response, one-script enqueue and the relay's own reader), side by side.
+BASELINE_SUBJECT = "API: write SSE events through a lean ASGI response"
+BASELINE_NAME = "B llmspool before the lean SSE path"
+
+
+def _baseline(workdir: Path) -> procs.Llmspool | None:
+    before = procs.commit_before(BASELINE_SUBJECT)
+    if before is None:
+        return None
+    src = procs.source_at(before, workdir / "before-lean-sse")
+    config = fake_config(OVERHEAD_TTFT_MS, OVERHEAD_ITL_MS)
+    env = {"PYTHONPATH": os.pathsep.join([str(src), str(procs.ROOT)])}
+    return procs.Llmspool(workdir / "overhead-before", config, "fake", env=env)
 
 
 #: The commit that made the relay cheaper per frame; the ablation runs the code before it.
