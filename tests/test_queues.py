@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from redis.asyncio import Redis
@@ -35,5 +36,28 @@ async def test_lag_pending_oldest_and_dead(clean_redis: RedisServer) -> None:
         await redis.xdel(STREAM, ids[2])  # a hole: Redis can no longer tell the lag
         assert (await redis.xinfo_groups(STREAM))[0]["lag"] is None
         assert (await queue_stats(redis, "m")).lag == 2  # counted one by one instead
+    finally:
+        await redis.aclose()
+
+
+async def test_consumers_of_gone_workers_are_deleted(clean_redis: RedisServer) -> None:
+    """Only consumers with nothing pending, idle long enough, and not the caller itself."""
+    from llmspool.consumers.delivery import Deliveries
+
+    redis = Redis(port=clean_redis.port)
+    try:
+        await redis.xgroup_create(STREAM, "workers", id="0", mkstream=True)
+        ids = [await redis.xadd(STREAM, {"n": str(i)}) for i in range(3)]
+        await redis.xreadgroup("workers", "gone", {STREAM: ">"}, count=1)
+        await redis.xack(STREAM, "workers", ids[0])  # settled: nothing pending
+        await redis.xreadgroup("workers", "busy", {STREAM: ">"}, count=1)  # one pending
+        await redis.xreadgroup("workers", "me", {STREAM: ">"}, count=1)
+        await redis.xack(STREAM, "workers", ids[2])  # the caller: nothing pending either
+        mine = Deliveries(redis, "m", "me", lease=30)
+        assert await mine.forget_gone(idle_ms=60_000) == 0  # nobody idle that long yet
+        await asyncio.sleep(0.05)
+        assert await mine.forget_gone(idle_ms=10) == 1
+        names = {c["name"] for c in await redis.xinfo_consumers(STREAM, "workers")}
+        assert names == {b"busy", b"me"}  # pending kept; the caller kept
     finally:
         await redis.aclose()

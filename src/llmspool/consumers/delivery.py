@@ -10,7 +10,8 @@ A job whose attempts pass the model's ``max_attempts`` goes to ``llmspool:{<mode
 with its last error and is acknowledged.
 
 Streams are trimmed with ``XTRIM MINID`` to the oldest entry still pending or undelivered:
-never MAXLEN, which silently deletes unacknowledged jobs.
+never MAXLEN, which silently deletes unacknowledged jobs. Consumers of workers that are gone
+(nothing pending, no read for ``CONSUMER_IDLE``) are deleted from the group now and then.
 """
 
 from __future__ import annotations
@@ -193,6 +194,36 @@ class Deliveries:
         # Entries after last-delivered-id are undelivered and pending ones are older, so the
         # oldest pending entry (or, with none, the last delivered one) bounds what is settled.
         return _text(oldest) if oldest else _text(group["last-delivered-id"])
+
+    async def forget_gone(self, idle_ms: int) -> int:
+        """Delete the group's consumers (other than this one) with nothing pending that have
+        not read for ``idle_ms``: workers that are gone. Checked and deleted in one script,
+        so a consumer that reads in between is never deleted with entries pending."""
+        removed = 0
+        for stream in self._streams:
+            count: Any = await self.redis.eval(  # type: ignore[misc]
+                _FORGET_GONE, 1, stream, keys.GROUP, str(idle_ms), self.consumer
+            )
+            removed += int(count)
+        return removed
+
+
+#: KEYS[1]: stream; ARGV: group, idle ms, this consumer. Returns how many were deleted.
+_FORGET_GONE = """
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if type(consumers) ~= 'table' or consumers.err then return 0 end
+local removed = 0
+for _, consumer in ipairs(consumers) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -54,6 +54,10 @@ _UPKEEP_MAX = 1.0  # seconds
 #: While batch lines fill their slots, a read that waits only for interactive work returns this
 #: often, so a batch slot that frees up is refilled soon.
 _BATCH_POLL_MS = 20
+#: A consumer with nothing pending that has not been given a job for this long is deleted from
+#: the group: mostly workers that are gone (a live one comes back with its next job).
+_CONSUMER_IDLE = 600.0
+_CONSUMER_CLEANUP_EVERY = 60.0
 #: Seconds between looks at the batch stream while interactive jobs keep the worker reading.
 _BATCH_CHECK = 0.05
 _CANCEL_MEMORY = 10_000  # ids of cancelled requests remembered to skip them if still queued
@@ -198,12 +202,20 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _upkeep(self) -> None:
-        """Keep the leases of running jobs, stop those taken over, trim the streams."""
+        """Keep the leases of running jobs, stop those taken over, trim the streams, and now
+        and then delete the consumers of workers that are gone."""
+        loop = asyncio.get_running_loop()
+        next_cleanup = loop.time() + _CONSUMER_CLEANUP_EVERY
         while True:
             await asyncio.sleep(self._upkeep_every)
             try:
                 await self._keep_leases()
                 await self.deliveries.trim()
+                if loop.time() >= next_cleanup:
+                    next_cleanup = loop.time() + _CONSUMER_CLEANUP_EVERY
+                    gone = await self.deliveries.forget_gone(int(_CONSUMER_IDLE * 1000))
+                    if gone:
+                        log.info("deleted %d consumers of workers that are gone", gone)
             except (ResponseError, *UNAVAILABLE) as exc:
                 log.warning("upkeep failed: %s", exc)
 

@@ -9,13 +9,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from llmspool import __version__
 from llmspool.consumers.worker import ensure_groups
 from llmspool.producer import batches, console, errors, monitoring
 from llmspool.producer.admin import router as admin_router
 from llmspool.producer.auth import AuthMiddleware
-from llmspool.producer.routes import router
+from llmspool.producer.routes import BODY_MODELS, router
 from llmspool.producer.service import Producer
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.protocol import ErrorResponse
@@ -77,6 +78,8 @@ def _openapi(app: FastAPI, settings: Settings, config: Config) -> dict[str, Any]
             for operation in path.values():
                 _document_errors(operation.setdefault("responses", {}))
         schemas.update(_error_schemas())
+        for model in BODY_MODELS:  # request bodies the routes parse themselves
+            _add_schema(schemas, model)
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         _document_limits(schemas, settings, config)
@@ -104,6 +107,15 @@ def _document_errors(responses: dict[str, Any]) -> None:
     body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     for code, description in _ANY_ROUTE_ERRORS.items():
         responses.setdefault(code, {"description": description, "content": body})
+
+
+def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+    """``model``'s input schema and the models it uses, as components (those FastAPI already
+    put there are kept)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        schemas.setdefault(name, sub)
+    schemas[model.__name__] = schema
 
 
 def _error_schemas() -> dict[str, Any]:
