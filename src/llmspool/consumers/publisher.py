@@ -1,12 +1,13 @@
-"""Reply publishing: coalesced frames, pipelined in one round trip per flush.
+"""Reply publishing: coalesced frames, sent in one round trip per flush.
 
 Each job writes into a :class:`ReplyStream`. Text that arrives within ``coalesce`` seconds of
 the last flush leaves as one frame; a request's first text and its final frame never wait. One
-flusher task sends the frames of every running job in a single pipeline, so many jobs cost one
-Redis round trip per flush instead of one per token.
+flusher task sends the frames of every running job in one Lua script (a pipeline on a cluster,
+where the logs live on many shards), so many jobs cost one Redis round trip per flush instead
+of one per token.
 
 Every frame is also appended to the request's reply log (``llmspool:replylog:<id>``, a stream
-with a TTL) just before it is published, in the same pipeline: a subscriber that sees a frame
+with a TTL) just before it is published, in the same script: a subscriber that sees a frame
 can always find it, and every earlier one, in the log. The log makes streams resumable
 (``Last-Event-ID``) and lets an API process recover frames pub/sub lost.
 """
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -192,21 +193,63 @@ class ReplyPublisher:
     async def _send(self, frames: list[tuple[ReplyStream, ReplyFrame]]) -> None:
         if not frames:
             return
-        pipe = self._redis.pipeline(transaction=False)
         now = time.time()
+        entries = []  # (log key, TTL or 0, channel, data) per frame
         for stream, frame in frames:
-            if frame.seq == 1 or frame.final:
+            first_or_final = frame.seq == 1 or frame.final
+            if first_or_final:
                 frame.worker = self._worker_id
-            data = frame.dumps()
-            log_key = keys.reply_log(frame.request_id)
-            pipe.xadd(log_key, {"f": data})
             # The TTL is refreshed now and then, not per frame: the log must outlive the job.
-            if frame.seq == 1 or frame.final or frame.seq % 16 == 0:
-                pipe.expire(log_key, self._log_ttl + max(0, int(stream.deadline - now)))
-            queue_publish(pipe, keys.reply_channel(frame.request_id), data, self._sharded)
+            refresh = first_or_final or frame.seq % 16 == 0
+            ttl = self._log_ttl + max(0, int(stream.deadline - now)) if refresh else 0
+            entries.append(
+                (
+                    keys.reply_log(frame.request_id),
+                    ttl,
+                    keys.reply_channel(frame.request_id),
+                    frame.dumps(),
+                )
+            )
             self.tokens_sent += frame.tokens
-        await pipe.execute()
+        if self._sharded:
+            await self._send_pipelined(entries)
+        else:
+            await self._send_scripted(entries)
         self.frames_sent += len(frames)
+
+    async def _send_scripted(self, entries: list[tuple[str, int, str, bytes]]) -> None:
+        """Every frame of the flush in one EVAL: one command and one reply per flush, where a
+        pipeline cost two or three of each per frame (redis-py's packing and reply parsing were
+        most of the worker's CPU per token; see bench/notes.md)."""
+        log_keys = [entry[0] for entry in entries]
+        args: list[Any] = []
+        for _, ttl, channel, data in entries:
+            args += [ttl, channel, data]
+        await self._redis.eval(_PUBLISH_FRAMES, len(log_keys), *log_keys, *args)  # type: ignore[misc]
+
+    async def _send_pipelined(self, entries: list[tuple[str, int, str, bytes]]) -> None:
+        """On a cluster the logs live on many shards: one pipeline, split by shard."""
+        pipe = self._redis.pipeline(transaction=False)
+        for log_key, ttl, channel, data in entries:
+            pipe.xadd(log_key, {"f": data})
+            if ttl:
+                pipe.expire(log_key, ttl)
+            queue_publish(pipe, channel, data, sharded=True)
+        await pipe.execute()
+
+
+#: KEYS: the frames' reply logs; ARGV: TTL (0: keep it), channel, frame, per frame. Each frame
+#: is appended to its log just before it is published, as the module docstring says.
+_PUBLISH_FRAMES = """
+for i = 1, #KEYS do
+  local base = (i - 1) * 3
+  redis.call('XADD', KEYS[i], '*', 'f', ARGV[base + 3])
+  local ttl = tonumber(ARGV[base + 1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+  redis.call('PUBLISH', ARGV[base + 2], ARGV[base + 3])
+end
+return #KEYS
+"""
 
 
 def _settle_all(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
