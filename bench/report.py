@@ -212,8 +212,7 @@ def _header(meta: dict[str, Any]) -> str:
         f"{meta['cpus']} CPUs, load average at start {meta['loadavg']}, "
         f"run time {meta.get('elapsed', '?')} s.",
         "",
-        "**The machine was shared**: other work (test suites, builds) ran on its 2 cores during "
-        "this run, so absolute numbers are noisy; ratios compare systems measured in the same "
+        _machine(meta["loadavg"], meta["cpus"]) + " Ratios compare systems measured in the same "
         "run, interleaved (each repetition visits every level, each level every system in "
         "rotated order). All latencies are in milliseconds and are medians over repetitions of "
         "each run's percentile; the load client (aiohttp, one process) runs on the same machine "
@@ -224,6 +223,24 @@ def _header(meta: dict[str, Any]) -> str:
     if meta.get("added"):
         lines += ["", f"Added later: {meta['added']}."]
     return "\n".join(lines)
+
+
+def _machine(loadavg: str, cpus: int | None) -> str:
+    """What the load average at the start says about the run."""
+    try:
+        load = float(loadavg.split()[0])
+    except (ValueError, IndexError):
+        return "**The machine's load at the start is unknown**, so absolute numbers may be noisy."
+    if load < (cpus or 1) * 0.75:
+        return (
+            "**The machine was quiet at the start** (nothing else was running that the load "
+            "average shows), but it is a shared virtual machine: absolute numbers still move "
+            "from run to run."
+        )
+    return (
+        "**The machine was shared**: other work (test suites, builds) ran on its cores during "
+        "this run, so absolute numbers are noisy."
+    )
 
 
 def _get(agg: dict[Key, Row], system: str, mode: str, level: float, metric: str) -> Any:
