@@ -49,6 +49,10 @@ def test_scale_pin_and_auto_with_bounds(fake_stack: Stack) -> None:
     assert too_many.status_code == 400 and "0..1" in too_many.json()["error"]["message"]
     assert httpx.post(url, json={"auto": True}, timeout=10).json()["pin"] is None
     assert httpx.post(url, json={}, timeout=10).status_code == 400
+    # the spec says so too: exactly one of workers and auto (true)
+    spec = httpx.get(f"{fake_stack.base_url}/openapi.json", timeout=10).json()
+    branches = spec["components"]["schemas"]["ScaleRequest"]["oneOf"]
+    assert sorted(b["required"][0] for b in branches) == ["auto", "workers"]
     missing = httpx.post(f"{fake_stack.base_url}/admin/models/nope/scale", json={"auto": True})
     assert missing.status_code == 404
 
@@ -61,3 +65,8 @@ def test_drain_worker_makes_it_exit(fake_stack: Stack) -> None:
     assert worker.returncode == 0 and fake_stack.consumers("fake") == 0
     gone = httpx.post(f"{fake_stack.base_url}/admin/workers/nobody/stop", timeout=10)
     assert gone.status_code == 404
+
+
+def test_reload_refuses_a_wait_of_the_wrong_type(fake_stack: Stack) -> None:
+    refused = httpx.post(f"{fake_stack.base_url}/admin/reload", json={"wait": "5"}, timeout=10)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "wait"

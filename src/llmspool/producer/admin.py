@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmspool.control import operations
 from llmspool.control.operations import ControllerState, ModelStatus, Requeued
@@ -42,6 +42,22 @@ class WorkersView(BaseModel):
 class ScaleRequest(BaseModel):
     """Pin a worker count (``workers``) or return to autoscaling (``auto``: true)."""
 
+    # The spec says what the validator below enforces: exactly one of the two.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["workers"],
+                    "properties": {"workers": {"type": "integer"}, "auto": {"const": False}},
+                },
+                {
+                    "required": ["auto"],
+                    "properties": {"workers": {"type": "null"}, "auto": {"const": True}},
+                },
+            ]
+        }
+    )
+
     workers: int | None = Field(default=None, ge=0)
     auto: bool = False
 
@@ -58,6 +74,9 @@ class RestartView(BaseModel):
 
 
 class ReloadRequest(BaseModel):
+    # strict: a string such as "5" is refused, as the spec's type says
+    model_config = ConfigDict(strict=True)
+
     wait: float = Field(default=10.0, ge=0, le=120, description="Seconds to wait for the result.")
 
 
