@@ -91,7 +91,7 @@ def test_redis_killed_and_restarted(stack: Stack) -> None:
     # everything reconnected by itself: the API, the worker, both pub/sub listeners
     assert served(post(stack, "after", 3), "after", 3)
     client = server.client()
-    wait_until(lambda: client.pubsub_numsub("llmspool:cancel")[0][1] == 1, 10)
+    wait_until(lambda: client.pubsub_numsub("llmspool:{fake}:cancel")[0][1] == 1, 10)
     wait_until(lambda: len(client.pubsub_channels("llmspool:producer:*")) == 1, 10)
 
 

@@ -446,7 +446,7 @@ class Worker:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CANCEL_CHANNEL)
+                    await pubsub.subscribe(keys.cancel_channel(self.model.name))
                     while True:
                         # a bounded wait: an idle subscription must not read as a timeout
                         message = await pubsub.get_message(timeout=1.0)
@@ -467,7 +467,7 @@ class Worker:
         try:
             while True:
                 try:
-                    await shards.subscribe(keys.CANCEL_CHANNEL)
+                    await shards.subscribe(keys.cancel_channel(self.model.name))
                     await asyncio.Event().wait()
                 except UNAVAILABLE as exc:
                     log.warning("cancel listener lost redis: %s", exc)

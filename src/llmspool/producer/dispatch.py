@@ -193,14 +193,17 @@ class Dispatcher:
         except UNAVAILABLE as exc:
             log.warning("could not forget an idempotency key: %s", exc)
 
-    def cancel_later(self, request_id: str, idempotency_key: str | None) -> None:
-        """Cancel a request whose client went away, after ``cancel_grace`` seconds, unless
-        some API process follows its reply again by then (a resumed stream, a repeat)."""
-        task = asyncio.create_task(self._cancel_unless_followed(request_id, idempotency_key))
+    def cancel_later(self, request_id: str, model: str, idempotency_key: str | None) -> None:
+        """Cancel a request of ``model`` whose client went away, after ``cancel_grace``
+        seconds, unless some API process follows its reply again by then (a resumed stream, a
+        repeat)."""
+        task = asyncio.create_task(self._cancel_unless_followed(request_id, model, idempotency_key))
         self._cancelling.add(task)
         task.add_done_callback(self._cancelling.discard)
 
-    async def _cancel_unless_followed(self, request_id: str, idempotency_key: str | None) -> None:
+    async def _cancel_unless_followed(
+        self, request_id: str, model: str, idempotency_key: str | None
+    ) -> None:
         await asyncio.sleep(self.settings.cancel_grace)
         try:
             followers: Any = await self.redis.pubsub_numsub(keys.reply_channel(request_id))
@@ -208,14 +211,14 @@ class Dispatcher:
             followers = []
         if followers and int(followers[0][1]) > 0:
             return
-        await self.cancel(request_id)
+        await self.cancel(request_id, model)
         if idempotency_key is not None:
             await self.forget(idempotency_key)
 
-    async def cancel(self, request_id: str) -> None:
-        """Tell the workers the client went away."""
+    async def cancel(self, request_id: str, model: str) -> None:
+        """Tell ``model``'s workers the client went away."""
         try:
-            await publish(self.redis, keys.CANCEL_CHANNEL, request_id)
+            await publish(self.redis, keys.cancel_channel(model), request_id)
         except UNAVAILABLE as exc:
             log.warning("could not cancel %s: %s", request_id, exc)
 
@@ -435,7 +438,7 @@ class Reply:
             self.trace.finish()
         await self._dispatcher.relay.unsubscribe(keys.reply_channel(self.request_id))
         if not self.finished and self.owner:
-            self._dispatcher.cancel_later(self.request_id, self.idempotency_key)
+            self._dispatcher.cancel_later(self.request_id, self.meta.model, self.idempotency_key)
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -14,8 +14,11 @@ PREFIX = "llmspool"
 #: The consumer group every model stream is read through.
 GROUP = "workers"
 
-#: Pub/sub channel carrying ids of requests whose client went away.
-CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+def cancel_channel(model: str) -> str:
+    """Pub/sub channel carrying the ids of ``model``'s requests whose client went away: only
+    that model's workers hear them (sharded with the model's keys on a cluster)."""
+    return f"{PREFIX}:{{{model}}}:cancel"
 
 
 def requests_stream(model: str) -> str:
