@@ -98,9 +98,9 @@ class Dispatcher:
     async def submit(
         self,
         job: Job,
+        model: ModelConfig,
         trace: RequestTrace,
         idempotency_key: str | None = None,
-        model: ModelConfig | None = None,
     ) -> Reply:
         """Enqueue ``job`` and return its reply (subscribed before the job exists); ``trace``
         watches it until the reply closes. Raises :class:`QueueFull` when the model already has
@@ -112,7 +112,7 @@ class Dispatcher:
         # be missed anyway, the reply log has it (see Reply._next and Reply._tick).
         queue = await self.relay.subscribe(channel, confirm=False)
         try:
-            await self._enqueue(job, meta, self._limit(model))
+            await self._enqueue(job, meta, model.queue_limit or self.settings.queue_limit)
         except UNAVAILABLE as exc:
             await self._abandon(channel, idempotency_key)
             raise ServiceUnavailable(f"cannot enqueue: redis unavailable ({exc})") from exc
@@ -122,11 +122,6 @@ class Dispatcher:
         reply = Reply(self, meta, queue, trace=trace, job=job)
         reply.idempotency_key = idempotency_key
         return reply
-
-    def _limit(self, model: ModelConfig | None) -> int:
-        if model is None:
-            return self.settings.queue_limit
-        return model.queue_limit or self.settings.queue_limit
 
     async def _enqueue(self, job: Job, meta: ReplyMeta, limit: int) -> None:
         log_key = keys.reply_log(job.request_id)

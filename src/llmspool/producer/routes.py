@@ -261,7 +261,7 @@ async def _submitted(
     dispatcher: Dispatcher, job: Job, trace: RequestTrace, key: str | None, model: ModelConfig
 ) -> Reply:
     try:
-        return await dispatcher.submit(job, trace, key, model)
+        return await dispatcher.submit(job, model, trace, key)
     except PydanticSerializationError:
         raise InvalidRequest(
             "The request holds text that is not valid Unicode (a lone surrogate).",
