@@ -164,3 +164,45 @@ def _eventually(call) -> None:  # type: ignore[no-untyped-def]
         except openai.RateLimitError:
             time.sleep(0.1)
     call()
+
+
+def test_files_and_batches_belong_to_their_key(keyed_stack: Stack) -> None:
+    """Another key neither lists nor reads, cancels or deletes them; the admin key sees all."""
+    owner, other, admin = (
+        quick_key(keyed_stack),
+        quick_key(keyed_stack),
+        quick_key(keyed_stack, scope="admin"),
+    )
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "fake", "messages": HI, "max_tokens": 2},
+    }
+    mine = client(keyed_stack, owner)
+    uploaded = mine.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+    theirs = client(keyed_stack, other)
+    with pytest.raises(openai.NotFoundError):  # not even as a batch's input
+        theirs.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+    batch = mine.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    assert uploaded.id in {f.id for f in mine.files.list()}
+    assert batch.id in {b.id for b in mine.batches.list()}
+    assert uploaded.id not in {f.id for f in theirs.files.list()}
+    assert batch.id not in {b.id for b in theirs.batches.list()}
+    for path in (f"/v1/files/{uploaded.id}", f"/v1/files/{uploaded.id}/content"):
+        assert_openai_error(get(keyed_stack, path, other), 404, "not_found")
+    assert_openai_error(get(keyed_stack, f"/v1/batches/{batch.id}", other), 404, "not_found")
+    with pytest.raises(openai.NotFoundError):
+        theirs.batches.cancel(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.files.delete(uploaded.id)
+
+    seer = client(keyed_stack, admin)
+    assert seer.batches.retrieve(batch.id).id == batch.id
+    assert uploaded.id in {f.id for f in seer.files.list()}
+    assert mine.files.retrieve(uploaded.id).id == uploaded.id  # still there for its owner

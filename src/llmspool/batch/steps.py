@@ -218,7 +218,9 @@ async def _write_outputs(ctx: Ctx, batch_id: str, ending: str) -> None:
     ):
         if lines:
             file_id = f"file-{hex_id}-{suffix}"
-            await _put_output(store, settings, file_id, f"{batch_id}_{suffix}.jsonl", lines)
+            filename = f"{batch_id}_{suffix}.jsonl"
+            owner = state.fields.get("owner", "")
+            await _put_output(store, settings, file_id, filename, lines, owner)
             fields[name] = file_id
     await store.update(batch_id, fields)
     source = "cancelling" if ending == "cancelled" else "finalizing"
@@ -265,7 +267,12 @@ def _read_custom_ids(content: bytes) -> dict[int, str | None]:
 
 
 async def _put_output(
-    store: BatchStore, settings: Settings, file_id: str, filename: str, lines: list[dict[str, Any]]
+    store: BatchStore,
+    settings: Settings,
+    file_id: str,
+    filename: str,
+    lines: list[dict[str, Any]],
+    owner: str,
 ) -> None:
     content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
     now = int(time.time())
@@ -277,7 +284,7 @@ async def _put_output(
         filename=filename,
         purpose="batch_output",
     )
-    await store.put_file(meta, content)
+    await store.put_file(meta, content, owner)
 
 
 # --------------------------------------------------------------------------- sweep

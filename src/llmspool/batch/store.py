@@ -180,16 +180,18 @@ class BatchStore:
 
     # ------------------------------------------------------------------ files
 
-    async def put_file(self, meta: FileObject, content: bytes) -> None:
+    async def put_file(self, meta: FileObject, content: bytes, owner: str = "") -> None:
+        """Store a file; ``owner`` is the id of the API key that made it ("" with keys off)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.file_content(meta.id), content)
-        pipe.hset(keys.file(meta.id), mapping={"json": meta.model_dump_json()})
+        pipe.hset(keys.file(meta.id), mapping={"json": meta.model_dump_json(), "owner": owner})
         pipe.zadd(keys.FILES_INDEX, {meta.id: meta.created_at})
         await pipe.execute()
 
-    async def file(self, file_id: str) -> FileObject:
-        raw = await self.redis.hget(keys.file(file_id), "json")  # type: ignore[misc]
-        if raw is None:
+    async def file(self, file_id: str, owner: str | None = None) -> FileObject:
+        """A file's metadata; with ``owner``, only if that key made it (else not found)."""
+        raw, made_by = await self.redis.hmget(keys.file(file_id), ["json", "owner"])  # type: ignore[misc]
+        if raw is None or (owner is not None and _s(made_by or b"") != owner):
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         return FileObject.model_validate_json(raw)
 
@@ -208,11 +210,11 @@ class BatchStore:
             raise NotFound(f"No such File object: {file_id}", param="file_id")
 
     async def list_files(
-        self, after: str | None, limit: int, order: str, purpose: str | None
+        self, after: str | None, limit: int, order: str, purpose: str | None, owner: str | None
     ) -> Page:
         async def load(file_id: str) -> FileObject | None:
             try:
-                found = await self.file(file_id)
+                found = await self.file(file_id, owner)
             except NotFound:
                 return None
             return found if purpose is None or found.purpose == purpose else None
@@ -239,13 +241,17 @@ class BatchStore:
             raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
         return BatchState({_s(k): _s(v) for k, v in raw.items()})
 
-    async def batch(self, batch_id: str) -> Batch:
-        return (await self.state(batch_id)).to_batch()
+    async def batch(self, batch_id: str, owner: str | None = None) -> Batch:
+        """A batch; with ``owner``, only if that key made it (else not found)."""
+        state = await self.state(batch_id)
+        if owner is not None and state.fields.get("owner", "") != owner:
+            raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+        return state.to_batch()
 
-    async def list_batches(self, after: str | None, limit: int) -> Page:
+    async def list_batches(self, after: str | None, limit: int, owner: str | None) -> Page:
         async def load(batch_id: str) -> Batch | None:
             try:
-                return await self.batch(batch_id)
+                return await self.batch(batch_id, owner)
             except NotFound:
                 return None
 

@@ -3,6 +3,10 @@
 Files live in Redis (``keys.file``); a batch is created in ``validating`` and its lifecycle
 runs as arq jobs in ``llmspool batch-worker`` (see ``llmspool.batch.steps``). These routes
 only store, read and enqueue.
+
+With API keys on, files and batches belong to the key that made them (a batch's output and
+error files to the batch's key): another key neither lists nor reads, deletes or cancels them
+(404, as if they did not exist). A key with the admin scope sees everything.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ import uuid
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from llmspool.batch.models import Batch, BatchCreateRequest, FileDeleted, FileObject, Page
 from llmspool.batch.steps import FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchStore
+from llmspool.producer.auth import current_key
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared.errors import InvalidRequest, NotFound
 from llmspool.shared.protocol import ErrorResponse
@@ -35,11 +40,25 @@ def _store(producer: Producer) -> BatchStore:
     return BatchStore(producer.redis)
 
 
+def _owner(request: Request) -> str:
+    """Who new files and batches belong to: the request's key ("" with keys off)."""
+    key = current_key(request)
+    return key.id if key is not None else ""
+
+
+def _visible_to(request: Request) -> str | None:
+    """The owner whose files and batches the request may see; None: everyone's (keys off, or
+    a key with the admin scope)."""
+    key = current_key(request)
+    return None if key is None or key.admin else key.id
+
+
 # --------------------------------------------------------------------------- files
 
 
 @router.post("/v1/files", response_model=FileObject, responses=_ERRORS)
 async def create_file(
+    request: Request,
     producer: ProducerDep,
     file: UploadFile,
     # only "batch" is stored: the spec says so, so a fuzzer does not expect other purposes to pass
@@ -63,7 +82,7 @@ async def create_file(
         filename=file.filename or "upload.jsonl",
         purpose=purpose,
     )
-    await _store(producer).put_file(meta, content)
+    await _store(producer).put_file(meta, content, _owner(request))
     return meta
 
 
@@ -86,6 +105,7 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
 
 @router.get("/v1/files", response_model=Page, responses=_ERRORS)
 async def list_files(
+    request: Request,
     producer: ProducerDep,
     purpose: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
@@ -93,19 +113,21 @@ async def list_files(
     after: str | None = None,
 ) -> Page:
     """Stored files, newest first by default."""
-    return await _store(producer).list_files(after, limit, order, purpose)
+    return await _store(producer).list_files(after, limit, order, purpose, _visible_to(request))
 
 
 @router.get("/v1/files/{file_id}", response_model=FileObject, responses=_ERRORS)
-async def retrieve_file(file_id: str, producer: ProducerDep) -> FileObject:
+async def retrieve_file(file_id: str, request: Request, producer: ProducerDep) -> FileObject:
     """One file's metadata."""
-    return await _store(producer).file(file_id)
+    return await _store(producer).file(file_id, _visible_to(request))
 
 
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted, responses=_ERRORS)
-async def delete_file(file_id: str, producer: ProducerDep) -> FileDeleted:
+async def delete_file(file_id: str, request: Request, producer: ProducerDep) -> FileDeleted:
     """Delete a file and its content."""
-    await _store(producer).delete_file(file_id)
+    store = _store(producer)
+    await store.file(file_id, _visible_to(request))
+    await store.delete_file(file_id)
     return FileDeleted(id=file_id)
 
 
@@ -117,9 +139,11 @@ async def delete_file(file_id: str, producer: ProducerDep) -> FileDeleted:
         200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
     },
 )
-async def file_content(file_id: str, producer: ProducerDep) -> Response:
+async def file_content(file_id: str, request: Request, producer: ProducerDep) -> Response:
     """A file's bytes (a batch's output and error files are JSONL)."""
-    content = await _store(producer).file_content(file_id)
+    store = _store(producer)
+    await store.file(file_id, _visible_to(request))
+    content = await store.file_content(file_id)
     return Response(content, media_type="application/octet-stream")
 
 
@@ -127,11 +151,11 @@ async def file_content(file_id: str, producer: ProducerDep) -> Response:
 
 
 @router.post("/v1/batches", response_model=Batch, responses=_ERRORS)
-async def create_batch(body: BatchCreateRequest, producer: ProducerDep) -> Batch:
+async def create_batch(body: BatchCreateRequest, request: Request, producer: ProducerDep) -> Batch:
     """Create a batch from an uploaded input file; it starts in ``validating``."""
     store = _store(producer)
     try:
-        input_file = await store.file(body.input_file_id)
+        input_file = await store.file(body.input_file_id, _visible_to(request))
     except NotFound:
         raise NotFound(
             f"No such File object: {body.input_file_id}", param="input_file_id"
@@ -153,6 +177,7 @@ async def create_batch(body: BatchCreateRequest, producer: ProducerDep) -> Batch
         "created_at": f"{now:.3f}",
         "expires_at": f"{now + producer.settings.batch_window:.3f}",
         "metadata": orjson.dumps(body.metadata).decode() if body.metadata is not None else "",
+        "owner": _owner(request),
     }
     await store.create_batch(fields, now)
     await enqueue_step(producer.redis, VALIDATE, batch_id)
@@ -161,25 +186,27 @@ async def create_batch(body: BatchCreateRequest, producer: ProducerDep) -> Batch
 
 @router.get("/v1/batches", response_model=Page, responses=_ERRORS)
 async def list_batches(
+    request: Request,
     producer: ProducerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> Page:
     """Batches, newest first."""
-    return await _store(producer).list_batches(after, limit)
+    return await _store(producer).list_batches(after, limit, _visible_to(request))
 
 
 @router.get("/v1/batches/{batch_id}", response_model=Batch, responses=_ERRORS)
-async def retrieve_batch(batch_id: str, producer: ProducerDep) -> Batch:
+async def retrieve_batch(batch_id: str, request: Request, producer: ProducerDep) -> Batch:
     """One batch, with its status and current request counts."""
-    return await _store(producer).batch(batch_id)
+    return await _store(producer).batch(batch_id, _visible_to(request))
 
 
 @router.post("/v1/batches/{batch_id}/cancel", response_model=Batch, responses=_ERRORS)
-async def cancel_batch(batch_id: str, producer: ProducerDep) -> Batch:
+async def cancel_batch(batch_id: str, request: Request, producer: ProducerDep) -> Batch:
     """Stop dispatching the batch's lines; lines already finished are kept. The batch is
     ``cancelling`` until its running lines finish, then ``cancelled``."""
     store = _store(producer)
+    await store.batch(batch_id, _visible_to(request))
     state = await store.state(batch_id)
     moved = await store.transition(batch_id, "cancelling", allowed=("validating", "in_progress"))
     if not moved and state.status not in ("cancelling", "cancelled"):
