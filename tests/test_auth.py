@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from llmspool.shared import apikeys
 from llmspool.shared.settings import Settings
+from tests.batch_helpers import wait_status
 from tests.conftest import module_stack
 from tests.helpers import RedisServer, Stack
 
@@ -206,3 +207,11 @@ def test_files_and_batches_belong_to_their_key(keyed_stack: Stack) -> None:
     assert seer.batches.retrieve(batch.id).id == batch.id
     assert uploaded.id in {f.id for f in seer.files.list()}
     assert mine.files.retrieve(uploaded.id).id == uploaded.id  # still there for its owner
+
+    # the batch's output file belongs to the batch's key too
+    keyed_stack.start_batch_worker(wait=True)
+    done = wait_status(mine, batch.id)
+    assert done.status == "completed" and done.output_file_id, done
+    assert json.loads(mine.files.content(done.output_file_id).text)["custom_id"] == "a"
+    path = f"/v1/files/{done.output_file_id}/content"
+    assert_openai_error(get(keyed_stack, path, other), 404, "not_found")
