@@ -11,7 +11,9 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> Path:
         help="replace only the chosen suites' rows in the existing results.json",
     )
     args = parser.parse_args(argv)
+    # SIGTERM (a killed `make bench`) exits through the suites' cleanup, which stops every
+    # server they started; the default handler would leave them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     profile = suites.PROFILES[args.profile]
     out = args.out or (BENCH if profile.name == "full" else BENCH / "results" / profile.name)
     out.mkdir(parents=True, exist_ok=True)
