@@ -310,7 +310,7 @@ n_ctx = 2048
 
 def real_model(profile: Profile, workdir: Path, threads: int = 2) -> list[Row]:
     """gemma-3-270m: llmspool's llama_cpp worker vs llama-cpp-python's server, concurrency 1."""
-    from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
+    from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
     from llmspool.shared.settings import Settings
 
     path = ensure_packaged(GEMMA_3_270M, Settings().cache_dir)

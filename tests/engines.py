@@ -187,7 +187,7 @@ class LlamaServer:
 
 def packaged_gemma() -> Path:
     """The packaged gemma-3-270m GGUF (assembled once into the cache)."""
-    from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
+    from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
     from llmspool.shared.settings import Settings
 
     return ensure_packaged(GEMMA_3_270M, Settings().cache_dir)

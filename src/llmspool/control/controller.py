@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 from llmspool.consumers.worker import ensure_groups
 from llmspool.control.driver import Driver
 from llmspool.control.policy import History, Sample, ScalePolicy, decide
-from llmspool.shared import control, keys, registry
+from llmspool.shared import controlstate, keys, registry
 from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, ModelConfig
-from llmspool.shared.control import ModelControl
+from llmspool.shared.controlstate import ModelControl
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.redis import UNAVAILABLE
 
@@ -58,9 +58,9 @@ class Controller:
         """Publish the models in force; ignore restart and reload requests made before now."""
         for name in self.config.names():  # so jobs queued before any API are counted
             await ensure_groups(self.redis, name)
-        controls = await control.model_controls(self.redis, self.config.names())
+        controls = await controlstate.model_controls(self.redis, self.config.names())
         self.restarts_seen = {name: c.restart for name, c in controls.items()}
-        self.reload_seen = (await control.reload_status(self.redis)).requested
+        self.reload_seen = (await controlstate.reload_status(self.redis)).requested
         await self.publish_config()
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -87,7 +87,7 @@ class Controller:
     async def tick(self) -> None:
         """One look at every model, then at reload requests."""
         now = time.time()
-        controls = await control.model_controls(self.redis, self.config.names())
+        controls = await controlstate.model_controls(self.redis, self.config.names())
         live = await registry.live_workers(self.redis)
         for model in self.config.models:
             mine = [w for w in live if w.model == model.name]
@@ -124,7 +124,7 @@ class Controller:
     # ------------------------------------------------------------------ reload
 
     async def _check_reload(self) -> None:
-        status = await control.reload_status(self.redis)
+        status = await controlstate.reload_status(self.redis)
         if status.requested <= self.reload_seen:
             return
         self.reload_seen = status.requested
@@ -132,11 +132,11 @@ class Controller:
             new = self.load_config()
         except ConfigError as exc:
             log.error("reload refused: %s", exc.message)
-            await control.record_reload(self.redis, status.requested, f"error: {exc.message}")
+            await controlstate.record_reload(self.redis, status.requested, f"error: {exc.message}")
             return
         summary = await self.apply(new)
         log.info("reloaded the models file: %s", summary)
-        await control.record_reload(self.redis, status.requested, f"ok: {summary}")
+        await controlstate.record_reload(self.redis, status.requested, f"ok: {summary}")
 
     async def apply(self, new: Config) -> str:
         """Move to the models in ``new``: start added ones, stop removed ones, roll changed ones."""

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from llmspool.shared import apikeys
-from llmspool.shared.apikeys import ApiKey
+from llmspool.shared import credentials
+from llmspool.shared.credentials import ApiKey
 from llmspool.shared.redis import connect
 from llmspool.shared.settings import Settings
 
@@ -55,7 +55,7 @@ def create(
         "concurrency": concurrency,
         "models": tuple(model or ()),
     }
-    secret, record = _run(lambda redis: apikeys.create(redis, **fields))
+    secret, record = _run(lambda redis: credentials.create(redis, **fields))
     typer.echo(secret)
     Console(stderr=True).print(f"created key {record.id} ({record.scope})", highlight=False)
 
@@ -65,7 +65,7 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List live keys (ids and limits, never the keys)."""
-    records = _run(apikeys.list_keys)
+    records = _run(credentials.list_keys)
     if as_json:
         for record in records:
             typer.echo(record.model_dump_json())
@@ -80,7 +80,7 @@ def list_(
 @app.command()
 def revoke(key_id: Annotated[str, typer.Argument(help="The id `keys list` shows.")]) -> None:
     """Revoke a key at once, on every API process."""
-    if not _run(lambda redis: apikeys.revoke(redis, key_id)):
+    if not _run(lambda redis: credentials.revoke(redis, key_id)):
         Console(stderr=True).print(f"[red]error:[/red] no key with id {key_id}")
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")

@@ -1,6 +1,6 @@
 """The admin API (JSON under ``/admin``): the operator's views and actions.
 
-The same operations as the command line (:mod:`llmspool.control.operations`). Every route depends
+The same operations as the command line (:mod:`llmspool.shared.operations`). Every route depends
 on :func:`llmspool.producer.auth.require_admin`: with API keys on, only a key with the admin scope
 gets in (the auth middleware checks the same scope for every path under ``/admin``).
 """
@@ -12,12 +12,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmspool.control import operations
-from llmspool.control.operations import ControllerState, ModelStatus, Requeued
+from llmspool.shared import operations
+from llmspool.shared.operations import ControllerState, ModelStatus, Requeued
 from llmspool.producer.auth import require_admin
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry
-from llmspool.shared.control import ReloadStatus
+from llmspool.shared.controlstate import ReloadStatus
 from llmspool.shared.protocol import ErrorResponse
 from llmspool.shared.registry import WorkerInfo
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from llmspool import __version__
 from llmspool.consumers.worker import ensure_groups
-from llmspool.producer import batches, console, errors, monitoring
+from llmspool.producer import batches, console, handlers, monitoring
 from llmspool.producer.admin import router as admin_router
 from llmspool.producer.auth import AuthMiddleware
 from llmspool.producer.routes import BODY_MODELS, router
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     app.include_router(monitoring.router)
     app.include_router(admin_router)
     app.include_router(batches.router)
-    errors.install(app)
+    handlers.install(app)
     app.add_middleware(AuthMiddleware, settings=settings)
     app.openapi = lambda: _openapi(app, settings, config)  # type: ignore[method-assign]
     return app

@@ -17,10 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmspool.producer.dispatch import Reply
-from llmspool.producer.errors import error_response, unavailable
+from llmspool.producer.handlers import error_response, unavailable
 from llmspool.producer.limits import Admission, admit
-from llmspool.shared import apikeys
-from llmspool.shared.apikeys import ApiKey
+from llmspool.shared import credentials
+from llmspool.shared.credentials import ApiKey
 from llmspool.shared.errors import (
     AuthenticationFailed,
     LLMSpoolError,
@@ -98,7 +98,7 @@ class AuthMiddleware:
                 "You didn't provide an API key: send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        key = await apikeys.lookup(scope["app"].state.producer.redis, secret)
+        key = await credentials.lookup(scope["app"].state.producer.redis, secret)
         if key is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         return key

@@ -21,10 +21,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from llmspool.control import operations
+from llmspool.shared import operations
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.timeline import Series, read_series
-from llmspool.shared import control, keys
+from llmspool.shared import controlstate, keys
 from llmspool.shared.backlog import QueueStats, queue_stats
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import decode_fields
@@ -121,7 +121,7 @@ async def console_state(request: Request, producer: ProducerDep) -> ConsoleState
     """Models, workers, queues, pool decisions and timelines, for the console to draw."""
     redis, names = producer.redis, producer.config.names()
     workers = await live_workers(redis)
-    controls = await control.model_controls(redis, names)
+    controls = await controlstate.model_controls(redis, names)
     controller = await operations.controller_state(redis)
     models = [
         await _model_state(redis, m, workers, controls[m.name], controller)
@@ -150,7 +150,7 @@ async def _model_state(
     redis: Redis,
     model: ModelConfig,
     workers: list[WorkerInfo],
-    ctl: control.ModelControl,
+    ctl: controlstate.ModelControl,
     controller: operations.ControllerState,
 ) -> ModelState:
     stats = await queue_stats(redis, model.name)

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from llmspool.shared import control, keys
+from llmspool.shared import controlstate, keys
 from llmspool.shared.config import Config, parse_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.redis import UNAVAILABLE
@@ -59,7 +59,7 @@ class ControlView:
 
     async def refresh(self) -> None:
         """Read the offline flags now, and adopt a newly published models file."""
-        controls = await control.model_controls(self.redis, self.models())
+        controls = await controlstate.model_controls(self.redis, self.models())
         self.offline = frozenset(name for name, c in controls.items() if c.offline)
         generation = await self._generation()
         if generation is not None and generation != self.generation:

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from llmspool.producer.dispatch import Reply
 from llmspool.shared import keys
-from llmspool.shared.apikeys import ApiKey
+from llmspool.shared.credentials import ApiKey
 from llmspool.shared.errors import RateLimitExceeded
 
 _REFILL = """

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from llmspool.control import operations
+from llmspool.shared import operations
 from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
 from llmspool.shared import registry, requestlog

@@ -34,7 +34,7 @@ from llmspool.consumers.backends.base import (
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest
 from llmspool.shared.messages import Job
-from llmspool.shared.packaged import GEMMA_3_270M, ensure_packaged
+from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
 from llmspool.shared.protocol import Usage
 from llmspool.shared.settings import Settings
 

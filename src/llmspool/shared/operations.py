@@ -15,10 +15,10 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from llmspool.shared import control, keys, registry
+from llmspool.shared import controlstate, keys, registry
 from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, parse_config
-from llmspool.shared.control import DrainMode, ReloadStatus
+from llmspool.shared.controlstate import DrainMode, ReloadStatus
 from llmspool.shared.errors import ConfigError, InvalidRequest, NoControlLoop, NotFound
 from llmspool.shared.messages import decode_fields
 from llmspool.shared.registry import WorkerInfo
@@ -77,7 +77,7 @@ async def published_config(redis: Redis) -> Config | None:
 
 async def models_status(redis: Redis, config: Config) -> list[ModelStatus]:
     """Every model with its workers, queue and control state."""
-    controls = await control.model_controls(redis, config.names())
+    controls = await controlstate.model_controls(redis, config.names())
     live = await registry.live_workers(redis)
     state = await controller_state(redis)
     result = []
@@ -116,14 +116,14 @@ async def scale(redis: Redis, config: Config, name: str, workers: int | None) ->
             "(raise max_workers in the models file and reload)",
             param="workers",
         )
-    await control.set_pin(redis, model.name, workers)
+    await controlstate.set_pin(redis, model.name, workers)
     return await model_status(redis, config, name)
 
 
 async def set_offline(redis: Redis, config: Config, name: str, offline: bool) -> ModelStatus:
     """Take ``name`` out of service (new requests get 503; queued and running ones finish)."""
     model = config.model(name)
-    await control.set_offline(redis, model.name, offline)
+    await controlstate.set_offline(redis, model.name, offline)
     return await model_status(redis, config, name)
 
 
@@ -132,7 +132,7 @@ async def restart(redis: Redis, config: Config, name: str) -> int:
     model = config.model(name)
     if (await controller_state(redis)).driver is None:
         raise NoControlLoop()  # a loop started later ignores older restart requests
-    return await control.request_restart(redis, model.name)
+    return await controlstate.request_restart(redis, model.name)
 
 
 async def find_worker(redis: Redis, ident: str) -> WorkerInfo:
@@ -152,16 +152,16 @@ async def find_worker(redis: Redis, ident: str) -> WorkerInfo:
 async def drain_worker(redis: Redis, ident: str, mode: DrainMode) -> WorkerInfo:
     """Ask one worker to drain (finish its jobs) or stop (hand them back) and exit."""
     info = await find_worker(redis, ident)
-    await control.request_drain(redis, info.id, mode)
+    await controlstate.request_drain(redis, info.id, mode)
     return info
 
 
 async def reload(redis: Redis, wait: float) -> ReloadStatus:
     """Ask the control loop to re-read the models file; wait up to ``wait`` s for its answer."""
-    number = await control.request_reload(redis)
+    number = await controlstate.request_reload(redis)
     deadline = time.monotonic() + wait
     while True:
-        status = await control.reload_status(redis)
+        status = await controlstate.reload_status(redis)
         if status.applied >= number or time.monotonic() >= deadline:
             return status
         await asyncio.sleep(0.1)
