@@ -38,6 +38,7 @@ serve: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	PYTHONPATH=$(CURDIR)/src $(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy --strict src

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from llmspool.control.modelsfile import load_models
 from llmspool.shared.config import DEFAULT_MODEL, default_config, load_config, parse_config
 from llmspool.shared.errors import ConfigError, ModelNotFound
 
@@ -23,7 +24,7 @@ def test_reads_models_file(tmp_path: Path) -> None:
         '[[models]]\nname = "a"\nbackend = "fake"\nmax_concurrency = 4\n'
         "[models.options]\nttft_ms = 10\nitl_ms = 2\n"
     )
-    model = load_config(path).model("a")
+    model = load_models(path).model("a")
     assert (model.backend, model.max_concurrency, model.options["itl_ms"]) == ("fake", 4, 2)
 
 
@@ -64,7 +65,7 @@ def test_bad_files_are_refused_naming_the_key(tmp_path: Path, toml: str, named: 
     path = tmp_path / "bad.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_models(path)
     assert named in info.value.message
 
 

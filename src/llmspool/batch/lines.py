@@ -152,7 +152,7 @@ def _body(raw: dict[str, Any], endpoint: str, config: Config) -> RequestBody:
         raise InvalidRequest(
             f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"
         ) from None
-    if getattr(body, "stream", False):
+    if not isinstance(body, EmbeddingRequest) and body.stream:
         raise InvalidRequest("Batch requests cannot be streamed.", param="stream")
     check_request(body, config.model(body.model), kind)
     return body

@@ -20,13 +20,14 @@ from typing import Any
 
 import orjson
 from arq import Retry, cron
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from llmspool.batch import results
 from llmspool.batch.lines import Line, ParsedFile, job_kind, parse_file
 from llmspool.batch.models import BatchError, BatchErrors, FileObject
+from llmspool.batch.queue import FAN_OUT, FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchState, BatchStore
 from llmspool.shared import keys
 from llmspool.shared.config import Config
@@ -37,22 +38,12 @@ from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-VALIDATE = "validate_batch"
-FAN_OUT = "fan_out_batch"
-FINALIZE = "finalize_batch"
-
 #: Lines XADDed per pipelined round trip while fanning out.
 FAN_OUT_CHUNK = 500
 
 _PREFIXES = {JobKind.CHAT: "chatcmpl", JobKind.COMPLETION: "cmpl", JobKind.EMBEDDING: "embd"}
 
 Ctx = dict[str, Any]
-
-
-async def enqueue_step(redis: Redis, step: str, batch_id: str) -> None:
-    """Queue one lifecycle step of ``batch_id`` (a no-op while it is already queued or running)."""
-    arq = ArqRedis(redis.connection_pool, default_queue_name=keys.BATCH_JOBS_QUEUE)
-    await arq.enqueue_job(step, batch_id, _job_id=keys.batch_job_id(step, batch_id))
 
 
 def _parts(ctx: Ctx) -> tuple[BatchStore, Settings, Config]:

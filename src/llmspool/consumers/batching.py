@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 
 from llmspool.batch import results
-from llmspool.batch.steps import FINALIZE, enqueue_step
+from llmspool.batch.queue import FINALIZE, enqueue_step
 from llmspool.batch.store import BatchStore
 from llmspool.consumers.publisher import ReplySink
 from llmspool.shared.errors import EngineError, LLMSpoolError

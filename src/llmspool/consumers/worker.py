@@ -46,6 +46,7 @@ from llmspool.shared.protocol import EmbeddingRequest, Usage
 from llmspool.shared.redis import UNAVAILABLE, is_cluster
 from llmspool.shared.settings import Settings
 from llmspool.shared.shardpubsub import ShardSubscriber
+from llmspool.shared.streams import ensure_groups
 
 log = logging.getLogger(__name__)
 
@@ -483,17 +484,6 @@ class Worker:
         held = self.running.get(request_id)
         if held is not None:
             held[1].cancel()
-
-
-async def ensure_groups(redis: Redis, model: str) -> None:
-    """Create the consumer group on each of ``model``'s streams (from the start: jobs added
-    before any worker existed are served too)."""
-    for stream in keys.model_streams(model):
-        try:
-            await redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
 
 def _deadline_error(why: str) -> LLMSpoolError:

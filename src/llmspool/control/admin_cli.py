@@ -21,12 +21,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from llmspool.shared import operations
-from llmspool.shared.operations import ModelStatus
-from llmspool.shared import keys, registry
-from llmspool.shared.backlog import queue_stats
-from llmspool.shared.config import Config, load_config
+from llmspool.control.modelsfile import load_models
+from llmspool.shared import keys, operations, registry
+from llmspool.shared.backlog import QueueSummary, queue_stats
+from llmspool.shared.config import Config
 from llmspool.shared.errors import ConfigError, LLMSpoolError, NoControlLoop
+from llmspool.shared.operations import ModelStatus
 from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.registry import WorkerInfo
 from llmspool.shared.settings import Settings
@@ -78,7 +78,7 @@ async def _models_in_force(redis: Redis, settings: Settings) -> Config:
     """The running control loop's models; the local models file only when none runs (a broken
     local file then is an error)."""
     try:
-        local = load_config(settings.config)
+        local = load_models(settings.config)
     except ConfigError:
         published = await operations.published_config(redis)
         if published is None:
@@ -135,11 +135,11 @@ def models_table(status: list[ModelStatus], rates: dict[str, float | None] | Non
             "-" if m.desired is None else str(m.desired),
             f"{m.min_workers}..{m.max_workers}",
             mode + (", offline" if m.offline else ""),
-            str(q["backlog"]),
-            str(q["lag"]),
-            str(q["pending"]),
-            _age(q["oldest_age"]),
-            str(q["dead"]),
+            str(q.backlog),
+            str(q.lag),
+            str(q.pending),
+            _age(q.oldest_age),
+            str(q.dead),
             *([] if rates is None else [_rate(rates.get(m.name))]),
         )
     return table
@@ -194,22 +194,19 @@ def workers_table(live: list[WorkerInfo]) -> Table:
 def queue(model: str, as_json: JsonOpt = False) -> None:
     """Depth of MODEL's queues: lag, pending, oldest age and dead jobs (as XINFO shows them)."""
 
-    async def read(redis: Redis, config: Config) -> dict[str, Any]:
+    async def read(redis: Redis, config: Config) -> QueueSummary:
         name = config.model(model).name
         return (await queue_stats(redis, name)).summary()
 
     summary = run(read)
     if as_json:
-        dump(summary)
+        dump(summary.model_dump())
         return
     table = Table("stream", "length", "lag", "pending", "consumers", title=f"queue of {model}")
-    for s in summary["streams"]:
-        table.add_row(s["stream"], *(str(s[k]) for k in ("length", "lag", "pending", "consumers")))
+    for s in summary.streams:
+        table.add_row(s.stream, *(str(n) for n in (s.length, s.lag, s.pending, s.consumers)))
     out.print(table)
-    out.print(
-        f"backlog {summary['backlog']}  oldest {_age(summary['oldest_age'])}  "
-        f"dead {summary['dead']}"
-    )
+    out.print(f"backlog {summary.backlog}  oldest {_age(summary.oldest_age)}  dead {summary.dead}")
 
 
 def scale(

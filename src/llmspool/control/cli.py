@@ -12,7 +12,8 @@ from llmspool import __version__
 from llmspool.control import admin_cli
 from llmspool.control.batch_cli import batch_app
 from llmspool.control.keys_cli import app as keys_app
-from llmspool.shared.config import Config, load_config
+from llmspool.control.modelsfile import load_models
+from llmspool.shared.config import Config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.logs import configure
 from llmspool.shared.settings import Settings
@@ -32,7 +33,7 @@ def _load(process: str) -> tuple[Settings, Config]:
     try:
         settings = Settings()
         configure(settings.log_level, process, settings.log_format)
-        return settings, load_config(settings.config)
+        return settings, load_models(settings.config)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from None

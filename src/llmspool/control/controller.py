@@ -17,7 +17,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from llmspool.consumers.worker import ensure_groups
 from llmspool.control.driver import Driver
 from llmspool.control.policy import History, Sample, ScalePolicy, decide
 from llmspool.shared import controlstate, keys, registry
@@ -26,6 +25,7 @@ from llmspool.shared.config import Config, ModelConfig
 from llmspool.shared.controlstate import ModelControl
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.streams import ensure_groups
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ from llmspool.consumers.backends import create_backend
 from llmspool.consumers.worker import Worker
 from llmspool.control.controller import Controller
 from llmspool.control.driver import LocalDriver
+from llmspool.control.modelsfile import load_models
 from llmspool.control.redis_server import port_in_use, start_redis
 from llmspool.control.supervisor import BATCH_POOL, Supervisor
 from llmspool.producer.app import create_app
-from llmspool.shared.config import Config, load_config
+from llmspool.shared.config import Config
 from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
 
@@ -159,7 +160,7 @@ def run_controller(settings: Settings, config: Config, namespace: str, prefix: s
 
 def _reload(settings: Settings) -> Config:
     """The models file as it reads now (``llmspool reload``)."""
-    return load_config(settings.config)
+    return load_models(settings.config)
 
 
 def check_redis(settings: Settings) -> None:

@@ -12,12 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llmspool.shared import operations
-from llmspool.shared.operations import ControllerState, ModelStatus, Requeued
 from llmspool.producer.auth import require_admin
 from llmspool.producer.service import Producer, get_producer
-from llmspool.shared import registry
+from llmspool.shared import operations, registry
 from llmspool.shared.controlstate import ReloadStatus
+from llmspool.shared.operations import ControllerState, ModelStatus, Requeued
 from llmspool.shared.protocol import ErrorResponse
 from llmspool.shared.registry import WorkerInfo
 

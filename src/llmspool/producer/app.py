@@ -12,7 +12,6 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from llmspool import __version__
-from llmspool.consumers.worker import ensure_groups
 from llmspool.producer import batches, console, handlers, monitoring
 from llmspool.producer.admin import router as admin_router
 from llmspool.producer.auth import AuthMiddleware
@@ -22,6 +21,7 @@ from llmspool.shared.config import Config, load_config
 from llmspool.shared.protocol import ErrorResponse
 from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
+from llmspool.shared.streams import ensure_groups
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from llmspool.batch.models import Batch, BatchCreateRequest, FileDeleted, FileObject, Page
-from llmspool.batch.steps import FINALIZE, VALIDATE, enqueue_step
+from llmspool.batch.queue import FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchStore
 from llmspool.producer.auth import current_key
 from llmspool.producer.service import Producer, get_producer

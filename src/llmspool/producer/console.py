@@ -1,9 +1,9 @@
 """The operator console: ``GET /console`` (one static page) and the JSON it polls.
 
-``GET /admin/console/state`` gathers, per configured model, the live workers (registry), the
-queue (:func:`~llmspool.shared.backlog.queue_stats`, the numbers ``llmspool queue`` prints, and
-the dead stream's newest entries), the control state (pin, offline, the control loop's desired
-worker count) and the TTFT/throughput timeline. It also says which optional routes
+``GET /admin/console/state`` gathers, per configured model, its status as ``/admin/models`` and
+``llmspool models`` show it (:class:`~llmspool.shared.operations.ModelStatus`: live workers,
+queue, pin, offline, the control loop's desired worker count), the dead stream's newest entries
+and the TTFT/throughput timeline. It also says which optional routes
 this API serves (batches, request log, feedback, scaling, drain, requeue), so the page shows an
 action or a section only where the route behind it exists, and "not available" otherwise.
 """
@@ -21,14 +21,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from llmspool.shared import operations
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.timeline import Series, read_series
-from llmspool.shared import controlstate, keys
-from llmspool.shared.backlog import QueueStats, queue_stats
-from llmspool.shared.config import ModelConfig
+from llmspool.shared import keys, operations
 from llmspool.shared.messages import decode_fields
-from llmspool.shared.registry import WorkerInfo, live_workers
+from llmspool.shared.operations import ModelStatus
 
 STATIC = Path(__file__).parent / "static"
 
@@ -52,14 +49,6 @@ router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 
 
-class StreamState(BaseModel):
-    """One work stream and its consumer group, as XINFO GROUPS reports it."""
-
-    length: int = 0
-    lag: int = 0
-    pending: int = 0
-
-
 class DeadEntry(BaseModel):
     """A job in the dead stream."""
 
@@ -67,30 +56,11 @@ class DeadEntry(BaseModel):
     fields: dict[str, str]
 
 
-class QueueState(BaseModel):
-    """A model's queues: backlog = undelivered (lag) + in flight (pending), both streams."""
+class ConsoleModel(ModelStatus):
+    """One model as the console draws it: its status (as ``/admin/models`` gives it), the
+    newest dead jobs and the TTFT/throughput timeline."""
 
-    requests: StreamState
-    batch: StreamState
-    oldest_age: float | None
-    dead: int
     dead_recent: list[DeadEntry]
-
-
-class ModelState(BaseModel):
-    """Everything the console shows about one model."""
-
-    name: str
-    backend: str
-    min_workers: int
-    max_workers: int
-    max_concurrency: int
-    pin: int | None
-    offline: bool
-    desired_workers: int | None
-    workers: list[WorkerInfo]
-    queue: QueueState
-    backlog: int
     series: Series
 
 
@@ -101,7 +71,7 @@ class ConsoleState(BaseModel):
     #: The running control loop's driver (``local``, ``kubernetes``), None when none runs.
     controller: str | None
     features: dict[str, bool]
-    models: list[ModelState]
+    models: list[ConsoleModel]
 
 
 def install(app: FastAPI) -> None:
@@ -119,19 +89,14 @@ async def console_page() -> FileResponse:
 @router.get("/admin/console/state", response_model=ConsoleState)
 async def console_state(request: Request, producer: ProducerDep) -> ConsoleState:
     """Models, workers, queues, pool decisions and timelines, for the console to draw."""
-    redis, names = producer.redis, producer.config.names()
-    workers = await live_workers(redis)
-    controls = await controlstate.model_controls(redis, names)
+    redis = producer.redis
     controller = await operations.controller_state(redis)
-    models = [
-        await _model_state(redis, m, workers, controls[m.name], controller)
-        for m in producer.config.models
-    ]
+    status = await operations.models_status(redis, producer.config)
     return ConsoleState(
         now=time.time(),
         controller=controller.driver,
         features=features(request.app),
-        models=models,
+        models=[await _console_model(redis, model) for model in status],
     )
 
 
@@ -146,39 +111,12 @@ def features(app: FastAPI) -> dict[str, bool]:
     return {name: route in served for name, route in FEATURES.items()}
 
 
-async def _model_state(
-    redis: Redis,
-    model: ModelConfig,
-    workers: list[WorkerInfo],
-    ctl: controlstate.ModelControl,
-    controller: operations.ControllerState,
-) -> ModelState:
-    stats = await queue_stats(redis, model.name)
-    return ModelState(
-        name=model.name,
-        backend=model.backend,
-        min_workers=model.min_workers,
-        max_workers=model.max_workers,
-        max_concurrency=model.max_concurrency,
-        pin=ctl.pin,
-        offline=ctl.offline,
-        desired_workers=controller.desired.get(model.name),
-        workers=[w for w in workers if w.model == model.name],
-        queue=await _queue_state(redis, stats),
-        backlog=stats.backlog,
-        series=await read_series(redis, model.name),
-    )
-
-
-async def _queue_state(redis: Redis, stats: QueueStats) -> QueueState:
-    """The queue numbers (as ``llmspool queue`` shows them) and the newest dead jobs."""
-    recent: list[Any] = await redis.xrevrange(keys.dead_stream(stats.model), count=DEAD_SHOWN)
-    return QueueState(
-        requests=StreamState(**stats.requests.model_dump(include={"length", "lag", "pending"})),
-        batch=StreamState(**stats.batch.model_dump(include={"length", "lag", "pending"})),
-        oldest_age=stats.oldest_age(),
-        dead=stats.dead,
+async def _console_model(redis: Redis, status: ModelStatus) -> ConsoleModel:
+    recent: list[Any] = await redis.xrevrange(keys.dead_stream(status.name), count=DEAD_SHOWN)
+    return ConsoleModel(
+        **dict(status),
         dead_recent=[DeadEntry(id=_text(i), fields=decode_fields(f)) for i, f in recent],
+        series=await read_series(redis, status.name),
     )
 
 

@@ -12,10 +12,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from llmspool.shared import operations
 from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
-from llmspool.shared import registry, requestlog
+from llmspool.shared import operations, registry, requestlog
 from llmspool.shared.errors import InvalidRequest
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.requestlog import Feedback, RequestRecord

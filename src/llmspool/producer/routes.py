@@ -35,14 +35,13 @@ from llmspool.producer.observe import RequestTrace
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.sse import EventStream
 from llmspool.shared import registry
-from llmspool.shared.config import Capability, ModelConfig
+from llmspool.shared.checks import check_request, check_size
+from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
     InvalidRequest,
     LLMSpoolError,
     ModelOffline,
     ServiceUnavailable,
-    UnsupportedCapability,
-    UnsupportedParameter,
 )
 from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
@@ -57,11 +56,9 @@ from llmspool.shared.protocol import (
     Health,
     Model,
     ModelList,
-    ModelStatus,
-    unsupported_parameters,
+    ModelServing,
 )
 from llmspool.shared.redis import UNAVAILABLE
-from llmspool.shared.settings import Settings
 
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
@@ -196,12 +193,6 @@ async def health(producer: ProducerDep) -> Response:
 
 # --------------------------------------------------------------------------- helpers
 
-_KIND_CAPABILITY: dict[JobKind, Capability] = {
-    JobKind.CHAT: "chat",
-    JobKind.COMPLETION: "completion",
-    JobKind.EMBEDDING: "embedding",
-}
-
 
 async def _submit(
     producer: Producer,
@@ -242,10 +233,10 @@ async def _enqueue(
         return await dispatcher.follow(first)  # a repeat: the first request's reply
     trace = producer.observer.trace(job, model.backend)
     try:
-        _check(job.body, model, kind)
+        check_request(job.body, model, kind)
         if producer.control.is_offline(model.name):
             raise ModelOffline(model.name)
-        _check_size(job.body, producer.settings)
+        check_size(job.body, producer.settings)
         return await _submitted(dispatcher, job, trace, key, model)
     except BaseException as exc:  # refused before a worker saw it: still one log record
         if isinstance(exc, LLMSpoolError):
@@ -292,53 +283,6 @@ def _idempotency_key(request: Request) -> str | None:
             "Idempotency-Key must be 1 to 255 characters.", param=IDEMPOTENCY_HEADER
         )
     return key
-
-
-def _check(body: Any, model: ModelConfig, kind: JobKind) -> None:
-    for param in unsupported_parameters(body):
-        raise UnsupportedParameter(
-            f"'{param}' is not supported by llmspool's engines; remove it from the request.",
-            param=param,
-        )
-    capability = _KIND_CAPABILITY[kind]
-    if capability not in model.capabilities:
-        raise UnsupportedCapability(
-            f"The model '{model.name}' does not serve {capability} requests "
-            f"(it serves: {', '.join(model.capabilities)}).",
-            param="model",
-        )
-    max_tokens = getattr(body, "requested_max_tokens", lambda: None)()
-    if max_tokens is not None and max_tokens > model.context_length:
-        raise UnsupportedParameter(
-            f"max_tokens is {max_tokens}, above this model's context length "
-            f"{model.context_length}.",
-            param="max_tokens",
-            code="invalid_value",
-        )
-
-
-def _check_size(body: Any, settings: Settings) -> None:
-    """Bound what one request may carry: messages, and characters of prompt or input."""
-    if isinstance(body, ChatCompletionRequest):
-        if len(body.messages) > settings.max_messages:
-            raise InvalidRequest(
-                f"{len(body.messages)} messages is more than the {settings.max_messages} "
-                "a request may carry.",
-                param="messages",
-                code="array_above_max_length",
-            )
-        param, chars = "messages", sum(len(m.text()) for m in body.messages)
-    elif isinstance(body, CompletionRequest):
-        param, chars = "prompt", len(body.prompt_text())
-    else:
-        param, chars = "input", sum(len(text) for text in body.texts())
-    if chars > settings.max_prompt_chars:
-        raise InvalidRequest(
-            f"The {param} has {chars} characters, more than the {settings.max_prompt_chars} "
-            "a request may carry.",
-            param=param,
-            code="string_above_max_length",
-        )
 
 
 def _stream(reply: Reply, after: responses.EventId | None = None) -> EventStream:
@@ -409,7 +353,7 @@ async def _live_workers(producer: Producer) -> Counter[str] | None:
 
 
 def _model_card(producer: Producer, model: ModelConfig, live: Counter[str] | None) -> Model:
-    status = ModelStatus(
+    status = ModelServing(
         backend=model.backend,
         capabilities=list(model.capabilities),
         workers=None if live is None else live[model.name],

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from redis.asyncio import Redis
 
-from llmspool.consumers.worker import ensure_groups
 from llmspool.producer.controlview import ControlView
 from llmspool.producer.dispatch import Dispatcher
 from llmspool.producer.observe import Observer
@@ -19,6 +18,7 @@ from llmspool.shared.config import Config
 from llmspool.shared.metrics import ApiMetrics
 from llmspool.shared.requestlog import RequestLog
 from llmspool.shared.settings import Settings
+from llmspool.shared.streams import ensure_groups
 
 log = logging.getLogger(__name__)
 

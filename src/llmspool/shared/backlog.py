@@ -38,6 +38,21 @@ class StreamStats(BaseModel):
     oldest: float | None = None
 
 
+class QueueSummary(BaseModel):
+    """A model's queues as every operator view shows them (``llmspool queue``, the admin API,
+    the console): backlog = lag (undelivered) + pending (in flight), over both streams."""
+
+    model: str
+    backlog: int
+    lag: int
+    pending: int
+    #: Seconds the oldest unacknowledged entry has waited; None when there is none.
+    oldest_age: float | None
+    dead: int
+    #: The requests stream, then the batch stream.
+    streams: list[StreamStats]
+
+
 class QueueStats(BaseModel):
     """A model's queues."""
 
@@ -66,17 +81,17 @@ class QueueStats(BaseModel):
             return None
         return max(0.0, (now or time.time()) - min(times))
 
-    def summary(self) -> dict[str, Any]:
-        """The numbers an operator reads (JSON-ready)."""
-        return {
-            "model": self.model,
-            "backlog": self.backlog,
-            "lag": self.lag,
-            "pending": self.pending,
-            "oldest_age": self.oldest_age(),
-            "dead": self.dead,
-            "streams": [self.requests.model_dump(), self.batch.model_dump()],
-        }
+    def summary(self) -> QueueSummary:
+        """The numbers an operator reads."""
+        return QueueSummary(
+            model=self.model,
+            backlog=self.backlog,
+            lag=self.lag,
+            pending=self.pending,
+            oldest_age=self.oldest_age(),
+            dead=self.dead,
+            streams=[self.requests, self.batch],
+        )
 
 
 async def queue_stats(redis: Redis, model: str) -> QueueStats:

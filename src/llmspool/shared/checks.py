@@ -1,17 +1,22 @@
-"""Checks a validated OpenAI request must pass before it is queued for a model.
+"""The checks a validated OpenAI request must pass before it is queued for a model.
 
-Shared by the interactive routes and the batch validator, so a batch line is refused for
-exactly the reasons the same request sent alone would be.
+One path for the interactive routes (``producer/routes.py``) and the batch validator
+(``batch/lines.py``), so a batch line is refused for exactly the reasons the same request sent
+alone would be, with the same error.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from llmspool.shared.config import Capability, ModelConfig
-from llmspool.shared.errors import UnsupportedCapability, UnsupportedParameter
-from llmspool.shared.messages import JobKind
-from llmspool.shared.protocol import unsupported_parameters
+from llmspool.shared.errors import InvalidRequest, UnsupportedCapability, UnsupportedParameter
+from llmspool.shared.messages import JobKind, RequestBody
+from llmspool.shared.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    unsupported_parameters,
+)
+from llmspool.shared.settings import Settings
 
 _KIND_CAPABILITY: dict[JobKind, Capability] = {
     JobKind.CHAT: "chat",
@@ -20,7 +25,7 @@ _KIND_CAPABILITY: dict[JobKind, Capability] = {
 }
 
 
-def check_request(body: Any, model: ModelConfig, kind: JobKind) -> None:
+def check_request(body: RequestBody, model: ModelConfig, kind: JobKind) -> None:
     """Raise an :class:`~llmspool.shared.errors.InvalidRequest` naming what ``model`` cannot
     honour in ``body``."""
     for param in unsupported_parameters(body):
@@ -35,11 +40,42 @@ def check_request(body: Any, model: ModelConfig, kind: JobKind) -> None:
             f"(it serves: {', '.join(model.capabilities)}).",
             param="model",
         )
-    max_tokens = getattr(body, "requested_max_tokens", lambda: None)()
+    max_tokens = requested_max_tokens(body)
     if max_tokens is not None and max_tokens > model.context_length:
         raise UnsupportedParameter(
             f"max_tokens is {max_tokens}, above this model's context length "
             f"{model.context_length}.",
             param="max_tokens",
             code="invalid_value",
+        )
+
+
+def requested_max_tokens(body: RequestBody) -> int | None:
+    """The tokens a generation request asks for at most; None for embeddings (or unset)."""
+    if isinstance(body, EmbeddingRequest):
+        return None
+    return body.requested_max_tokens()
+
+
+def check_size(body: RequestBody, settings: Settings) -> None:
+    """Bound what one request may carry: messages, and characters of prompt or input."""
+    if isinstance(body, ChatCompletionRequest):
+        if len(body.messages) > settings.max_messages:
+            raise InvalidRequest(
+                f"{len(body.messages)} messages is more than the {settings.max_messages} "
+                "a request may carry.",
+                param="messages",
+                code="array_above_max_length",
+            )
+        param, chars = "messages", sum(len(m.text()) for m in body.messages)
+    elif isinstance(body, CompletionRequest):
+        param, chars = "prompt", len(body.prompt_text())
+    else:
+        param, chars = "input", sum(len(text) for text in body.texts())
+    if chars > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"The {param} has {chars} characters, more than the {settings.max_prompt_chars} "
+            "a request may carry.",
+            param=param,
+            code="string_above_max_length",
         )

@@ -1,9 +1,10 @@
 """The models file: which models to serve, on which backend, with what limits.
 
 ``llmspool.toml`` (or the file named by ``LLMSPOOL_CONFIG``) holds one ``[[models]]`` table per
-model; ``[models.options]`` goes to the backend, which validates it with its own options model.
-Unknown keys and bad values are refused at start with a message naming the key. With no file,
-:func:`default_config` serves gemma-3-270m on llama.cpp.
+model; ``[models.options]`` goes to the backend, which validates it with its own options model
+(:func:`llmspool.consumers.backends.check_options`, called by the command line before it starts
+anything, so this layer needs no backend). Unknown keys and bad values are refused at start with
+a message naming the key. With no file, :func:`default_config` serves gemma-3-270m on llama.cpp.
 """
 
 from __future__ import annotations
@@ -73,12 +74,6 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"min_workers ({self.min_workers}) is above max_workers ({self.max_workers})"
             )
-        from llmspool.consumers.backends import options_class
-
-        try:
-            options_class(self.backend).model_validate(self.options)
-        except ValidationError as exc:
-            raise ValueError(_join(exc, prefix="options.")) from None
         return self
 
 
@@ -150,10 +145,12 @@ def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
     return "; ".join(problems)
 
 
-def _join(exc: ValidationError, prefix: str) -> str:
-    return "; ".join(
-        f"{prefix}{'.'.join(map(str, err['loc']))}: {_message(err)}" for err in exc.errors()
+def options_error(source: str, model: str, exc: ValidationError) -> ConfigError:
+    """The error for a model whose ``[models.options]`` its backend refused, naming each key."""
+    problems = "; ".join(
+        f"options.{'.'.join(map(str, err['loc']))}: {_message(err)}" for err in exc.errors()
     )
+    return ConfigError(f"{source}: models[{model}]: {problems}")
 
 
 def _message(err: Any) -> str:

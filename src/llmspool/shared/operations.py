@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from llmspool.shared import controlstate, keys, registry
-from llmspool.shared.backlog import queue_stats
+from llmspool.shared.backlog import QueueSummary, queue_stats
 from llmspool.shared.config import Config, parse_config
 from llmspool.shared.controlstate import DrainMode, ReloadStatus
 from llmspool.shared.errors import ConfigError, InvalidRequest, NoControlLoop, NotFound
@@ -33,7 +33,8 @@ class ControllerState(BaseModel):
 
 
 class ModelStatus(BaseModel):
-    """One model as an operator sees it."""
+    """One model as an operator sees it: in ``llmspool models``, ``/admin/models`` and the
+    console (which adds its timeline)."""
 
     name: str
     backend: str
@@ -41,11 +42,13 @@ class ModelStatus(BaseModel):
     max_workers: int
     max_concurrency: int
     target_per_worker: int
+    #: The worker count an operator pinned; None: autoscaled.
     pin: int | None
     offline: bool
+    #: The running control loop's last decision; None when no control loop runs.
     desired: int | None
     workers: list[WorkerInfo]
-    queue: dict[str, Any]
+    queue: QueueSummary
 
 
 async def controller_state(redis: Redis) -> ControllerState:

@@ -266,7 +266,7 @@ class EmbeddingList(OpenAIBaseModel):
     usage: EmbeddingUsage
 
 
-class ModelStatus(OpenAIBaseModel):
+class ModelServing(OpenAIBaseModel):
     """llmspool extension on a model card: how the model is served."""
 
     backend: str
@@ -283,7 +283,7 @@ class Model(OpenAIBaseModel):
     created: int
     owned_by: str = "llmspool"
     # --- llmspool extensions ---
-    llmspool: ModelStatus | None = None
+    llmspool: ModelServing | None = None
 
 
 class ModelList(OpenAIBaseModel):

@@ -10,11 +10,13 @@ from importlib import import_module
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from llmspool.shared.config import Config, ModelConfig, options_error
+from llmspool.shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from llmspool.consumers.backends.base import Backend
-    from llmspool.shared.config import ModelConfig
 
 #: backend name -> module under llmspool.consumers.backends
 BACKENDS: dict[str, str] = {
@@ -37,6 +39,21 @@ def options_class(name: str) -> type[BaseModel]:
     """The options model that validates a model's ``[models.options]`` for backend ``name``."""
     options: type[BaseModel] = _module(name).Options
     return options
+
+
+def check_options(config: Config, source: str = "config") -> Config:
+    """``config`` once each model's backend exists and accepts its ``[models.options]``; else
+    a :class:`~llmspool.shared.errors.ConfigError` naming the model and the key."""
+    for model in config.models:
+        try:
+            options = options_class(model.backend)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: models[{model.name}]: {exc}") from None
+        try:
+            options.model_validate(model.options)
+        except ValidationError as exc:
+            raise options_error(source, model.name, exc) from None
+    return config
 
 
 def create_backend(model: ModelConfig) -> Backend:

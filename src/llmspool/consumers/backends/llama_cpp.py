@@ -31,10 +31,10 @@ from llmspool.consumers.backends.base import (
     prompt_of,
     sampling_params,
 )
+from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest
 from llmspool.shared.messages import Job
-from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
 from llmspool.shared.protocol import Usage
 from llmspool.shared.settings import Settings
 

@@ -133,7 +133,7 @@
   function remember(model, now) {
     const list = page.history.get(model.name) || [];
     const q = model.queue;
-    list.push({ t: now, waiting: q.requests.lag + q.batch.lag, flight: q.requests.pending + q.batch.pending, workers: model.workers.length });
+    list.push({ t: now, waiting: q.lag, flight: q.pending, workers: model.workers.length });
     while (list.length && list[0].t < now - HISTORY_S) list.shift();
     page.history.set(model.name, list);
     return list;
@@ -167,8 +167,9 @@
   function renderModel(model, now, controller) {
     const c = card(model);
     const q = model.queue;
+    const [requests, batch] = q.streams;
     const hist = remember(model, now);
-    const desired = model.desired_workers === null ? "n/a" : model.desired_workers;
+    const desired = model.desired === null ? "n/a" : model.desired;
     const mode = model.pin !== null ? `pinned to ${model.pin}` : controller ? `auto (${controller})` : "auto (no control loop)";
     c.pool.textContent = `${model.workers.length} live / ${desired} desired · min ${model.min_workers} max ${model.max_workers} · ${mode}`;
     c.pool.dataset.mode = model.pin !== null ? "pinned" : "auto";
@@ -182,16 +183,16 @@
     const inFlight = model.workers.reduce((a, w) => a + w.in_flight, 0);
     c.body.replaceChildren(
       h("div", { class: "stats" },
-        stat("waiting", q.requests.lag, "lag", q.requests.lag > 0 ? "warn" : ""),
-        stat("in flight", q.requests.pending, "pending"),
-        stat("backlog", model.backlog, "backlog", model.backlog > capacity && capacity > 0 ? "warn" : ""),
+        stat("waiting", requests.lag, "lag", requests.lag > 0 ? "warn" : ""),
+        stat("in flight", requests.pending, "pending"),
+        stat("backlog", q.backlog, "backlog", q.backlog > capacity && capacity > 0 ? "warn" : ""),
         stat("oldest waits", q.oldest_age === null ? "–" : ago(q.oldest_age), "oldest", q.oldest_age > 10 ? "warn" : ""),
-        stat("batch waiting", q.batch.lag, "batch-lag"),
+        stat("batch waiting", batch.lag, "batch-lag"),
         stat("dead", q.dead, "dead", q.dead > 0 ? "bad" : ""),
         stat("workers", `${model.workers.length} / ${desired}`, "workers"),
         stat("slots busy", `${inFlight} / ${capacity}`, "slots")),
       h("div", { class: "charts" },
-        chartBox("backlog (waiting, in flight)", `${model.backlog}`,
+        chartBox("backlog (waiting, in flight)", `${q.backlog}`,
           [hist.map((p) => p.waiting + p.flight), hist.map((p) => p.flight)], ["#d29922", "#58a6ff"], (v) => num(v), seen),
         chartBox("TTFT ms, queue incl.", `${num(last(s.ttft_ms), 1)} ms`, [s.ttft_ms], ["#bc8cff"], (v) => `${num(v, 1)} ms`, span),
         chartBox("tokens / s", num(s.tokens_per_s[s.tokens_per_s.length - 1], 1), [s.tokens_per_s], ["#3fb950"], (v) => num(v, 1), span),
@@ -217,14 +218,14 @@
 
   function deadTable(model) {
     const q = model.queue;
-    if (!q.dead_recent.length) return null;
-    const rows = q.dead_recent.map((d) => h("tr", { dataset: { dead: d.id } },
+    if (!model.dead_recent.length) return null;
+    const rows = model.dead_recent.map((d) => h("tr", { dataset: { dead: d.id } },
       h("td", {}, h("code", {}, d.id)), h("td", {}, h("code", {}, d.fields.request_id || "")),
       h("td", { class: "ellipsis", title: d.fields.error || "" }, d.fields.error || d.fields.last_error || ""),
       h("td", {}, page.features.requeue
         ? h("button", { type: "button", dataset: { action: "requeue" }, onclick: () => act(`requeue ${d.id}`, `/admin/models/${encodeURIComponent(model.name)}/dead/${encodeURIComponent(d.id)}/requeue`) }, "requeue")
         : null)));
-    return h("div", {}, h("h3", {}, `Dead jobs (newest ${q.dead_recent.length} of ${q.dead})`), h("table", {},
+    return h("div", {}, h("h3", {}, `Dead jobs (newest ${model.dead_recent.length} of ${q.dead})`), h("table", {},
       h("thead", {}, h("tr", {}, ["entry", "request", "last error", ""].map((t) => h("th", {}, t)))),
       h("tbody", {}, rows)));
   }
