@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAMA_HTTPLIB=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install redis browser serve test lint typecheck pytest bench bench-quick chaos clean test-vllm
+.PHONY: install redis browser etcd serve test lint typecheck pytest bench bench-quick chaos clean test-vllm
 
 install: redis $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@echo "installing llmspool (the first build of llama-cpp-python takes several minutes)"
-	$(BIN)/python -m pip install -q -e '.[llamacpp,torch,openai,dev,test]'
+	$(BIN)/python -m pip install -q -e '.[llamacpp,torch,openai,etcd,dev,test]'
 	$(BIN)/llmspool prepare
 	@touch $@
 
@@ -31,6 +31,10 @@ redis:
 # The console's browser tests drive Debian's chromium; without one they skip and say why.
 browser:
 	@bash scripts/ensure-chromium.sh
+
+# The etcd registry's tests start Debian's etcd; without one they skip and say why.
+etcd:
+	@bash scripts/ensure-etcd.sh
 
 serve: install
 	$(BIN)/llmspool serve
@@ -43,7 +47,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict src
 
-pytest: install browser
+pytest: install browser etcd
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -17,7 +17,8 @@
     │   └── RateLimitExceeded     429 rate_limit_error, a key's limit (Retry-After)
     ├── ServiceUnavailable        503 service_unavailable (Redis away)
     │   ├── ModelOffline          503 service_unavailable, code model_offline
-    │   └── NoControlLoop         503 service_unavailable (an action needs a running control loop)
+    │   ├── NoControlLoop         503 service_unavailable (an action needs a running control loop)
+    │   └── RegistryUnavailable   503 service_unavailable, code registry_unavailable (etcd away)
     ├── DeadlineExceeded          504 timeout (no worker served the request before its deadline)
     ├── ConfigError               a models file or setting is wrong (raised at start, not served)
     └── EngineError               500 engine_error (the backend failed the job)
@@ -190,6 +191,13 @@ class NoControlLoop(ServiceUnavailable):
         super().__init__(
             "no control loop is running (start `llmspool serve` or `llmspool controller`)"
         )
+
+
+class RegistryUnavailable(ServiceUnavailable):
+    """The worker registry (an external one, such as etcd) cannot be reached: who serves what
+    is unknown for now; jobs still flow through Redis."""
+
+    default_code = "registry_unavailable"
 
 
 class DeadlineExceeded(LLMSpoolError):

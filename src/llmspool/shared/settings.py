@@ -28,6 +28,19 @@ class Settings(BaseSettings):
         description="LLMSPOOL_REDIS_URL names a node of a Redis Cluster: reply and cancel "
         "channels then use sharded pub/sub (SSUBSCRIBE/SPUBLISH).",
     )
+    registry_url: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9+.-]*://",
+        description="Where workers register (the model registry). Unset: hashes in the queue's "
+        "Redis. `etcd://[user:password@]host:2379/prefix`: an existing etcd (v3 API), keys under "
+        "`/prefix` (default `/llmspool`); see docs/control-plane.md.",
+    )
+    registry_ttl: float = Field(
+        default=10.0,
+        ge=2,
+        description="Seconds a worker stays registered without a heartbeat (its etcd lease's "
+        "TTL); a worker beats every fifth of it.",
+    )
     embedded_redis_port: int = Field(
         default=6379,
         ge=1,
