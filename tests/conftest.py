@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import openai
 import pytest
 
 from tests.engines import SPECS, LlamaServer, packaged_gemma, quiet_env
-from tests.helpers import RedisServer, Stack, free_port
+from tests.helpers import EtcdServer, RedisServer, Stack, free_port
 
 FAKE_CONFIG = """
 [[models]]
@@ -27,6 +29,46 @@ itl_ms = 2
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
     server.start()
+    yield server
+    server.stop()
+
+
+def start_etcd(directory: Path) -> EtcdServer:
+    """A real etcd on free ports; skips (saying why) where none is installed."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (make test installs Debian's etcd-server where it can)")
+    server = EtcdServer(directory)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One etcd for the session; each test that asks for ``etcd`` gets its own key prefix."""
+    server = start_etcd(tmp_path_factory.mktemp("etcd"))
+    yield server
+    server.stop()
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def etcd(etcd_server: EtcdServer) -> EtcdServer:
+    """The session's etcd under a fresh prefix (a deployment of its own)."""
+    return EtcdServer(
+        etcd_server.directory,
+        port=etcd_server.port,
+        peer_port=etcd_server.peer_port,
+        prefix=f"/llmspool-test-{next(_prefixes)}",
+        process=etcd_server.process,
+    )
+
+
+@pytest.fixture
+def own_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd of this test's own, which it may stop and start again."""
+    server = start_etcd(tmp_path_factory.mktemp("own-etcd"))
     yield server
     server.stop()
 

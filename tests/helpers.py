@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,11 +12,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import redis
+
+from llmspool.shared.redis import connect
+from llmspool.shared.registry import WorkerInfo, open_registry
+from llmspool.shared.settings import Settings
 
 
 def free_port() -> int:
@@ -168,6 +174,82 @@ class RedisClusterServers:
         return out.stdout
 
 
+async def read_registry(settings: Settings) -> list[WorkerInfo]:
+    """Every live worker in the registry ``settings`` name."""
+    redis = connect(settings, max_connections=4)
+    registry = open_registry(settings, redis)
+    try:
+        return await registry.live_workers()
+    finally:
+        await registry.close()
+        await redis.aclose()
+
+
+@dataclass
+class EtcdServer:
+    """A real single-member etcd (Debian's etcd-server) on free local ports."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    prefix: str = "/llmspool-test"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The LLMSPOOL_REGISTRY_URL of this server and prefix."""
+        return f"etcd://127.0.0.1:{self.port}{self.prefix}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wipe: bool = False) -> None:
+        """Start (again: with the data it had, unless ``wipe``: an etcd that lost everything)."""
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise RuntimeError("etcd is not installed: run `make test`, which installs it")
+        if wipe:
+            shutil.rmtree(self.directory / "data", ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [binary, "--name", "test", "--data-dir", str(self.directory / "data"),
+                "--listen-client-urls", self.client_url,
+                "--advertise-client-urls", self.client_url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"test={peer}", "--logger", "zap", "--log-level", "warn",
+                ]  # fmt: skip
+        log = open(self.directory / "etcd.log", "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._healthy, 30, interval=0.1, what=f"etcd (see {self.directory}/etcd.log)")
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"etcd exited: see {self.directory}/etcd.log")
+        try:
+            reply = httpx.get(f"{self.client_url}/health", timeout=1)
+        except httpx.HTTPError:
+            return False
+        return reply.status_code == 200 and reply.json().get("health") == "true"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
+    def ctl(self, *args: str) -> str:
+        """Run etcdctl against this server, as an operator would."""
+        out = subprocess.run(
+            ["etcdctl", "--endpoints", self.client_url, *args],
+            env={**os.environ, "ETCDCTL_API": "3"},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        return out.stdout
+
+
 @dataclass
 class Stack:
     """The real API and worker processes on one models file."""
@@ -273,27 +355,29 @@ class Stack:
             )
         return process
 
+    def live_workers(self) -> list[WorkerInfo]:
+        """The live workers, read through llmspool's registry interface from whichever registry
+        this stack's settings name (Redis hashes, or etcd with LLMSPOOL_REGISTRY_URL)."""
+        env = self.env()
+        settings = Settings(**{
+            name: env[f"LLMSPOOL_{name.upper()}"]
+            for name in ("redis_url", "redis_cluster", "registry_url", "registry_ttl")
+            if f"LLMSPOOL_{name.upper()}" in env
+        })  # fmt: skip
+        with ThreadPoolExecutor(1) as pool:  # a test may run inside an event loop itself
+            return pool.submit(asyncio.run, read_registry(settings)).result()
+
     def consumers(self, model: str) -> int:
         """Live workers of ``model`` in the registry."""
-        client = self.redis.client()
-        keys = list(client.scan_iter(match="llmspool:worker:*", count=500))
-        return sum(1 for key in keys if client.hget(key, "model") == model)
+        return sum(1 for w in self.live_workers() if w.model == model)
 
     def registered(self, pid: int) -> bool:
         """Whether the worker process ``pid`` is in the registry (it serves)."""
-        client = self.redis.client()
-        keys = client.scan_iter(match="llmspool:worker:*", count=500)  # every node of a cluster
-        return any(client.hget(key, "pid") == str(pid) for key in keys)
+        return any(w.pid == pid for w in self.live_workers())
 
     def engine_tokens(self, model: str) -> int:
         """Tokens the engines of ``model``'s live workers generated (their registry entries)."""
-        client = self.redis.client()
-        keys = client.scan_iter(match="llmspool:worker:*", count=500)
-        return sum(
-            int(client.hget(key, "engine_tokens") or 0)
-            for key in keys
-            if client.hget(key, "model") == model
-        )
+        return sum(w.engine_tokens for w in self.live_workers() if w.model == model)
 
     def pending(self, model: str) -> int:
         """Jobs of ``model`` delivered to a worker and not yet acknowledged."""

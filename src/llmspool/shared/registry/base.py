@@ -101,7 +101,7 @@ class Registry(ABC):
             known = current
             await asyncio.sleep(self.heartbeat_interval)
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: the Redis registry holds nothing
         """Let go of connections this registry opened (not those it was handed)."""
 
 
