@@ -36,14 +36,15 @@ from llmspool.consumers.backends.base import Backend
 from llmspool.consumers.batching import BatchLines
 from llmspool.consumers.delivery import Deliveries, Entry
 from llmspool.consumers.publisher import ReplyPublisher, ReplySink, ReplyStream
-from llmspool.shared import controlstate, keys, registry
+from llmspool.shared import controlstate, keys
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import DeadlineExceeded, JobFailed, LLMSpoolError
+from llmspool.shared.errors import DeadlineExceeded, JobFailed, LLMSpoolError, RegistryUnavailable
 from llmspool.shared.logs import request_id
 from llmspool.shared.messages import Job, JobKind, UnknownSchema, WireError
 from llmspool.shared.metrics import MetricsServer, WorkerMetrics
 from llmspool.shared.protocol import EmbeddingRequest, Usage
 from llmspool.shared.redis import UNAVAILABLE, is_cluster
+from llmspool.shared.registry import Registry, WorkerInfo, open_registry
 from llmspool.shared.settings import Settings
 from llmspool.shared.shardpubsub import ShardSubscriber
 from llmspool.shared.streams import ensure_groups
@@ -73,12 +74,18 @@ class Worker:
     """Runs one model's jobs until told to stop."""
 
     def __init__(
-        self, settings: Settings, model: ModelConfig, backend: Backend, redis: Redis
+        self,
+        settings: Settings,
+        model: ModelConfig,
+        backend: Backend,
+        redis: Redis,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.backend = backend
         self.redis = redis
+        self.registry = registry or open_registry(settings, redis)
         self.id = new_worker_id(model.name)
         self.capacity = backend.max_concurrency
         self.publisher = ReplyPublisher(
@@ -109,7 +116,7 @@ class Worker:
         )
         self._metrics_server: MetricsServer | None = None
         self.drain_timeout = settings.drain_timeout
-        self.info = registry.WorkerInfo(
+        self.info = WorkerInfo(
             id=self.id,
             model=model.name,
             backend=model.backend,
@@ -139,7 +146,7 @@ class Worker:
         self._start_metrics_server()
         self.publisher.start()
         self._tasks.append(asyncio.create_task(self._listen_cancels(), name="cancels"))
-        await registry.beat(self.redis, self.info)
+        await self._register()
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         self._tasks.append(asyncio.create_task(self._upkeep(), name="upkeep"))
         log.info("worker %s serving %s (capacity %d)", self.id, self.model.name, self.capacity)
@@ -167,8 +174,10 @@ class Worker:
         # Bounded: a background task stuck in a Redis call must not keep the process alive.
         await asyncio.wait(self._tasks, timeout=_TASK_STOP_TIMEOUT)
         await self.publisher.stop()
-        with contextlib.suppress(*UNAVAILABLE):
-            await registry.deregister(self.redis, self.id)
+        with contextlib.suppress(*UNAVAILABLE, RegistryUnavailable):
+            await self.registry.deregister(self.id)
+        with contextlib.suppress(*UNAVAILABLE, RegistryUnavailable, TimeoutError):
+            await self.registry.close()
         await self.backend.stop()
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.stop)
@@ -190,17 +199,28 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_exit)
 
+    async def _register(self) -> None:
+        """Join the registry; an unreachable external registry (etcd) does not stop the worker
+        from serving: its heartbeat registers it once the registry is back."""
+        try:
+            await self.registry.register(self.info)
+        except RegistryUnavailable as exc:
+            log.warning("not registered yet: %s", exc.message)
+
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(registry.HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.registry.heartbeat_interval)
             self.info.in_flight = len(self.running)
             self.info.state = "draining" if self._exiting.is_set() else "serving"
             self.info.engine_tokens = getattr(self.backend, "tokens_generated", 0)
             try:
-                await registry.beat(self.redis, self.info)
+                await self.registry.heartbeat(self.info)
+            except (RegistryUnavailable, *UNAVAILABLE) as exc:  # keep serving all the same
+                log.warning("heartbeat failed: %s", exc)
+            try:
                 await self._check_drain()
             except UNAVAILABLE as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("drain check failed: %s", exc)
 
     async def _upkeep(self) -> None:
         """Keep the leases of running jobs, stop those taken over, trim the streams, and now

@@ -2,7 +2,8 @@
 ``reload``. They talk to Redis directly (``LLMSPOOL_REDIS_URL``), like the admin API.
 
 Exit codes: 0 done; 1 refused (unknown model or worker, a value out of bounds); 2 bad usage or
-configuration; 3 Redis unreachable; 4 no control loop runs or answered in time.
+configuration; 3 Redis unreachable; 4 no control loop runs or answered in time; 5 the worker
+registry (``LLMSPOOL_REGISTRY_URL``, e.g. etcd) unreachable.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ from redis.asyncio import Redis
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from llmspool.control.modelsfile import load_models
-from llmspool.shared import keys, operations, registry
+from llmspool.shared import keys, operations
 from llmspool.shared.backlog import QueueSummary, queue_stats
 from llmspool.shared.config import Config
-from llmspool.shared.errors import ConfigError, LLMSpoolError, NoControlLoop
+from llmspool.shared.errors import ConfigError, LLMSpoolError, NoControlLoop, RegistryUnavailable
 from llmspool.shared.operations import ModelStatus
 from llmspool.shared.redis import UNAVAILABLE, connect
-from llmspool.shared.registry import WorkerInfo
+from llmspool.shared.registry import Registry, WorkerInfo, open_registry
 from llmspool.shared.settings import Settings
 
 T = TypeVar("T")
-EXIT_REFUSED, EXIT_USAGE, EXIT_REDIS, EXIT_TIMEOUT = 1, 2, 3, 4
+EXIT_REFUSED, EXIT_USAGE, EXIT_REDIS, EXIT_TIMEOUT, EXIT_REGISTRY = 1, 2, 3, 4, 5
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,6 +51,11 @@ def fail(message: str, code: int) -> typer.Exit:
 
 def run(op: Callable[[Redis, Config], Awaitable[T]]) -> T:
     """Run ``op`` against Redis and the models in force; errors become one line and a code."""
+    return run_live(lambda redis, _, config: op(redis, config))
+
+
+def run_live(op: Callable[[Redis, Registry, Config], Awaitable[T]]) -> T:
+    """:func:`run` for an ``op`` that also reads the worker registry."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -57,12 +64,19 @@ def run(op: Callable[[Redis, Config], Awaitable[T]]) -> T:
     async def main() -> T:
         redis = connect(settings, max_connections=8)
         try:
-            return await op(redis, await _models_in_force(redis, settings))
+            registry = open_registry(settings, redis)
+            try:
+                return await op(redis, registry, await _models_in_force(redis, settings))
+            finally:
+                with contextlib.suppress(Exception):  # an unreachable registry closes late
+                    await registry.close()
         finally:
             await redis.aclose()
 
     try:
         return asyncio.run(main())
+    except RegistryUnavailable as exc:
+        raise fail(f"{exc.message} (is it running?)", EXIT_REGISTRY) from None
     except ConfigError as exc:
         raise fail(exc.message, EXIT_USAGE) from None
     except NoControlLoop as exc:
@@ -99,7 +113,7 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List models with their live workers, desired count and queue depth."""
     if ctx.invoked_subcommand is not None:
         return
-    status = run(operations.models_status)
+    status = run_live(operations.models_status)
     if as_json:
         dump([m.model_dump() for m in status])
     else:
@@ -109,14 +123,14 @@ def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @models_app.command("offline")
 def models_offline(model: str) -> None:
     """Refuse new requests for MODEL with 503; queued and running ones are still served."""
-    run(lambda r, c: operations.set_offline(r, c, model, True))
+    run_live(lambda r, reg, c: operations.set_offline(r, reg, c, model, True))
     out.print(f"{model}: offline (new requests get 503 model_offline; the queue drains)")
 
 
 @models_app.command("online")
 def models_online(model: str) -> None:
     """Take requests for MODEL again."""
-    run(lambda r, c: operations.set_offline(r, c, model, False))
+    run_live(lambda r, reg, c: operations.set_offline(r, reg, c, model, False))
     out.print(f"{model}: online")
 
 
@@ -157,7 +171,7 @@ def workers(
     """List live workers (the registry) with their in-flight jobs."""
     if ctx.invoked_subcommand is not None:
         return
-    live = run(lambda r, _: registry.live_workers(r, model))
+    live = run_live(lambda _r, registry, _c: registry.live_workers(model))
     if as_json:
         dump([w.model_dump() for w in live])
     else:
@@ -167,14 +181,14 @@ def workers(
 @workers_app.command("drain")
 def workers_drain(worker: str) -> None:
     """Ask WORKER (its id, or a unique part of it) to finish its jobs and exit."""
-    info = run(lambda r, _: operations.drain_worker(r, worker, "drain"))
+    info = run_live(lambda r, reg, _: operations.drain_worker(r, reg, worker, "drain"))
     out.print(f"{info.id}: draining ({info.in_flight} in flight); it exits when they finish")
 
 
 @workers_app.command("stop")
 def workers_stop(worker: str) -> None:
     """Ask WORKER to exit now; its running jobs go back to the queue."""
-    info = run(lambda r, _: operations.drain_worker(r, worker, "stop"))
+    info = run_live(lambda r, reg, _: operations.drain_worker(r, reg, worker, "stop"))
     out.print(f"{info.id}: stopping; its {info.in_flight} running jobs are handed back")
 
 
@@ -217,7 +231,9 @@ def scale(
     """Pin MODEL to N workers, or hand it back to the autoscaler with --auto."""
     if (workers is None) == (not auto):
         raise fail("give a worker count or --auto", EXIT_USAGE)
-    status = run(lambda r, c: operations.scale(r, c, model, None if auto else workers))
+    status = run_live(
+        lambda r, reg, c: operations.scale(r, reg, c, model, None if auto else workers)
+    )
     out.print(f"{status.name}: " + ("autoscaled" if auto else f"pinned to {workers} workers"))
 
 
@@ -245,12 +261,13 @@ def top(
 ) -> None:
     """A live view of models, queues, workers and throughput."""
     meter = Throughput()
-    if once:
-        out.print(run(lambda r, c: frame(r, c, meter)))
+    if once:  # an unreachable registry is an error (exit 5), not a banner
+        out.print(run_live(lambda r, reg, c: frame(r, reg, c, meter)))
         return
     with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False) as live:
         while True:
-            live.update(run(lambda r, c: frame(r, c, meter)), refresh=True)
+            shown = run_live(lambda r, reg, c: frame(r, reg, c, meter, banner=True))
+            live.update(shown, refresh=True)
             time.sleep(interval)
 
 
@@ -269,9 +286,17 @@ class Throughput:
         return max(0, added - before[1]) / (now - before[0])
 
 
-async def frame(redis: Redis, config: Config, meter: Throughput) -> Group:
-    """One screen of ``top``: the models table (with rates) over the workers table."""
-    status = await operations.models_status(redis, config)
+async def frame(
+    redis: Redis, registry: Registry, config: Config, meter: Throughput, banner: bool = False
+) -> Group:
+    """One screen of ``top``: the models table (with rates) over the workers table; with
+    ``banner``, an unreachable registry shows as a line saying so (the next frame tries again)."""
+    try:
+        status = await operations.models_status(redis, registry, config)
+    except RegistryUnavailable as exc:
+        if not banner:
+            raise
+        return Group(Text(f"registry down: {exc.message}; retrying", style="bold red"))
     rates = {m.name: meter.rate(m.name, await _entries_added(redis, m.name)) for m in status}
     live = [w for m in status for w in m.workers]
     return Group(models_table(status, rates), workers_table(live))

@@ -19,12 +19,13 @@ from redis.asyncio import Redis
 
 from llmspool.control.driver import Driver
 from llmspool.control.policy import History, Sample, ScalePolicy, decide
-from llmspool.shared import controlstate, keys, registry
+from llmspool.shared import controlstate, keys
 from llmspool.shared.backlog import queue_stats
 from llmspool.shared.config import Config, ModelConfig
 from llmspool.shared.controlstate import ModelControl
-from llmspool.shared.errors import ConfigError
+from llmspool.shared.errors import ConfigError, RegistryUnavailable
 from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.registry import RedisRegistry, Registry, WorkerInfo
 from llmspool.shared.streams import ensure_groups
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,17 @@ class Controller:
     """Runs the policy for every model through one driver."""
 
     def __init__(
-        self, config: Config, redis: Redis, driver: Driver, reload: Callable[[], Config]
+        self,
+        config: Config,
+        redis: Redis,
+        driver: Driver,
+        reload: Callable[[], Config],
+        registry: Registry | None = None,
     ) -> None:
         self.config = config
         self.redis = redis
+        self.registry = registry or RedisRegistry(redis)
+        self.registry_down = False
         self.driver = driver
         self.load_config = reload
         self.histories: dict[str, History] = {}
@@ -88,15 +96,31 @@ class Controller:
         """One look at every model, then at reload requests."""
         now = time.time()
         controls = await controlstate.model_controls(self.redis, self.config.names())
-        live = await registry.live_workers(self.redis)
-        for model in self.config.models:
-            mine = [w for w in live if w.model == model.name]
-            await self._tick_model(model, controls[model.name], mine, now)
+        live = await self._live_workers()
+        if live is not None:
+            for model in self.config.models:
+                mine = [w for w in live if w.model == model.name]
+                await self._tick_model(model, controls[model.name], mine, now)
         await self._publish_state()
         await self._check_reload()
 
+    async def _live_workers(self) -> list[WorkerInfo] | None:
+        """The registry's workers; None while it cannot be reached: the loop then holds every
+        model where it is (scaling blind would start a second set of workers)."""
+        try:
+            live = await self.registry.live_workers()
+        except RegistryUnavailable as exc:
+            if not self.registry_down:
+                log.warning("control loop: %s; holding worker counts until it is back", exc)
+            self.registry_down = True
+            return None
+        if self.registry_down:
+            log.info("control loop: the worker registry is back")
+        self.registry_down = False
+        return live
+
     async def _tick_model(
-        self, model: ModelConfig, ctl: ModelControl, live: list[registry.WorkerInfo], now: float
+        self, model: ModelConfig, ctl: ModelControl, live: list[WorkerInfo], now: float
     ) -> None:
         stats = await queue_stats(self.redis, model.name)
         policy = ScalePolicy.of(model, offline=ctl.offline)

@@ -22,6 +22,7 @@ from llmspool.control.supervisor import BATCH_POOL, Supervisor
 from llmspool.producer.app import create_app
 from llmspool.shared.config import Config
 from llmspool.shared.redis import UNAVAILABLE, connect
+from llmspool.shared.registry import open_registry
 from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,10 @@ async def _supervise(settings: Settings, config: Config, env: dict[str, str]) ->
         supervisor.set_desired(model.name, model.min_workers, model.max_workers)
     supervisor.run_service(BATCH_POOL, "batch-worker")
     redis = connect(settings, max_connections=16)
-    controller = Controller(config, redis, LocalDriver(supervisor), lambda: _reload(settings))
+    registry = open_registry(settings, redis)
+    controller = Controller(
+        config, redis, LocalDriver(supervisor), lambda: _reload(settings), registry
+    )
     stopping = asyncio.Event()
 
     def stop() -> None:
@@ -133,6 +137,7 @@ async def _supervise(settings: Settings, config: Config, env: dict[str, str]) ->
         stopping.set()
         await supervisor.stop(settings.drain_timeout)
         await control_loop
+        await registry.close()
         await redis.aclose()
 
 
@@ -148,11 +153,13 @@ def run_controller(settings: Settings, config: Config, namespace: str, prefix: s
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
-        controller = Controller(config, redis, driver, lambda: _reload(settings))
+        registry = open_registry(settings, redis)
+        controller = Controller(config, redis, driver, lambda: _reload(settings), registry)
         log.info("controlling %s in namespace %s", ", ".join(config.names()), namespace)
         try:
             await controller.run(stopping)
         finally:
+            await registry.close()
             await redis.aclose()
 
     run_async(main())

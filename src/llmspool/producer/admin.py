@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmspool.producer.auth import require_admin
 from llmspool.producer.service import Producer, get_producer
-from llmspool.shared import operations, registry
+from llmspool.shared import operations
 from llmspool.shared.controlstate import ReloadStatus
 from llmspool.shared.operations import ControllerState, ModelStatus, Requeued
 from llmspool.shared.protocol import ErrorResponse
@@ -82,7 +82,7 @@ class ReloadRequest(BaseModel):
 @router.get("/models", response_model=ModelsView)
 async def models(producer: ProducerDep) -> ModelsView:
     """Every model: bounds, pin, offline flag, desired and live workers, queue depth."""
-    data = await operations.models_status(producer.redis, producer.config)
+    data = await operations.models_status(producer.redis, producer.registry, producer.config)
     state = await operations.controller_state(producer.redis)
     return ModelsView(data=data, controller=state)
 
@@ -90,32 +90,36 @@ async def models(producer: ProducerDep) -> ModelsView:
 @router.get("/workers", response_model=WorkersView)
 async def workers(producer: ProducerDep, model: str | None = None) -> WorkersView:
     """Live workers (from the registry), with their in-flight counts."""
-    return WorkersView(data=await registry.live_workers(producer.redis, model))
+    return WorkersView(data=await producer.registry.live_workers(model))
 
 
 @router.post("/workers/{worker:path}/drain", response_model=WorkerInfo, responses=_ERRORS)
 async def drain_worker(worker: str, producer: ProducerDep) -> WorkerInfo:
     """Ask a worker to finish its running jobs and exit (the pool replaces it if needed)."""
-    return await operations.drain_worker(producer.redis, worker, "drain")
+    return await operations.drain_worker(producer.redis, producer.registry, worker, "drain")
 
 
 @router.post("/workers/{worker:path}/stop", response_model=WorkerInfo, responses=_ERRORS)
 async def stop_worker(worker: str, producer: ProducerDep) -> WorkerInfo:
     """Ask a worker to exit now; its running jobs go back to the queue."""
-    return await operations.drain_worker(producer.redis, worker, "stop")
+    return await operations.drain_worker(producer.redis, producer.registry, worker, "stop")
 
 
 @router.post("/models/{model:path}/scale", response_model=ModelStatus, responses=_ERRORS)
 async def scale(model: str, body: ScaleRequest, producer: ProducerDep) -> ModelStatus:
     """Pin the model's worker count, or hand it back to the autoscaler."""
     workers = None if body.auto else body.workers
-    return await operations.scale(producer.redis, producer.config, model, workers)
+    return await operations.scale(
+        producer.redis, producer.registry, producer.config, model, workers
+    )
 
 
 @router.post("/models/{model:path}/offline", response_model=ModelStatus, responses=_ERRORS)
 async def offline(model: str, producer: ProducerDep) -> ModelStatus:
     """New requests get 503 model_offline; queued and running ones are still served."""
-    status = await operations.set_offline(producer.redis, producer.config, model, True)
+    status = await operations.set_offline(
+        producer.redis, producer.registry, producer.config, model, True
+    )
     await producer.control.refresh()
     return status
 
@@ -123,7 +127,9 @@ async def offline(model: str, producer: ProducerDep) -> ModelStatus:
 @router.post("/models/{model:path}/online", response_model=ModelStatus, responses=_ERRORS)
 async def online(model: str, producer: ProducerDep) -> ModelStatus:
     """Take requests for the model again."""
-    status = await operations.set_offline(producer.redis, producer.config, model, False)
+    status = await operations.set_offline(
+        producer.redis, producer.registry, producer.config, model, False
+    )
     await producer.control.refresh()
     return status
 
@@ -152,7 +158,7 @@ async def requeue(
 @router.get("/models/{model:path}", response_model=ModelStatus, responses=_ERRORS)
 async def model(model: str, producer: ProducerDep) -> ModelStatus:
     """One model (as in ``GET /admin/models``)."""
-    return await operations.model_status(producer.redis, producer.config, model)
+    return await operations.model_status(producer.redis, producer.registry, producer.config, model)
 
 
 @router.post("/reload", response_model=ReloadStatus)

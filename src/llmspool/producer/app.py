@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
             await producer.timeline.stop()
             await producer.relay.stop()
             await producer.observer.request_log.drain()
+            await producer.registry.close()
             await redis.aclose()
 
     app = FastAPI(

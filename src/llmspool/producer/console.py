@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.timeline import Series, read_series
 from llmspool.shared import keys, operations
+from llmspool.shared.errors import RegistryUnavailable
 from llmspool.shared.messages import decode_fields
 from llmspool.shared.operations import ModelStatus
 
@@ -72,6 +73,8 @@ class ConsoleState(BaseModel):
     controller: str | None
     features: dict[str, bool]
     models: list[ConsoleModel]
+    #: Why the worker registry could not be read (its workers then show as none); None: it was.
+    registry_error: str | None = None
 
 
 def install(app: FastAPI) -> None:
@@ -91,13 +94,24 @@ async def console_state(request: Request, producer: ProducerDep) -> ConsoleState
     """Models, workers, queues, pool decisions and timelines, for the console to draw."""
     redis = producer.redis
     controller = await operations.controller_state(redis)
-    status = await operations.models_status(redis, producer.config)
+    status, registry_error = await _models_status(producer)
     return ConsoleState(
         now=time.time(),
         controller=controller.driver,
         features=features(request.app),
         models=[await _console_model(redis, model) for model in status],
+        registry_error=registry_error,
     )
+
+
+async def _models_status(producer: Producer) -> tuple[list[ModelStatus], str | None]:
+    """The models' status; while an external registry (etcd) is unreachable, without workers
+    and with the reason (the queues are still worth drawing)."""
+    redis, config = producer.redis, producer.config
+    try:
+        return await operations.models_status(redis, producer.registry, config), None
+    except RegistryUnavailable as exc:
+        return await operations.models_status(redis, None, config), exc.message
 
 
 def features(app: FastAPI) -> dict[str, bool]:

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
-from llmspool.shared import operations, registry, requestlog
+from llmspool.shared import operations, requestlog
 from llmspool.shared.errors import InvalidRequest
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.requestlog import Feedback, RequestRecord
@@ -41,7 +41,9 @@ async def _queue_registry(producer: Producer) -> CollectorRegistry:
     names = producer.config.names()
     try:
         snapshot = await asyncio.wait_for(
-            _with_desired(producer, queue_metrics.snapshot(producer.redis, names)),
+            _with_desired(
+                producer, queue_metrics.snapshot(producer.redis, producer.registry, names)
+            ),
             SCRAPE_REDIS_TIMEOUT,
         )
         collectors.register(queue_metrics.QueueCollector(snapshot))
@@ -56,7 +58,7 @@ async def metrics_targets(producer: ProducerDep) -> list[dict[str, Any]]:
     """Live workers' own /metrics, in Prometheus' HTTP service-discovery format
     (``http_sd_configs``), grouped by model."""
     by_model: dict[str, list[str]] = {}
-    for worker in await registry.live_workers(producer.redis):
+    for worker in await producer.registry.live_workers():
         if worker.metrics:
             by_model.setdefault(worker.model, []).append(worker.metrics)
     return [

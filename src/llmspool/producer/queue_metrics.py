@@ -18,8 +18,10 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from llmspool.shared import keys, registry
+from llmspool.shared import keys
+from llmspool.shared.errors import RegistryUnavailable
 from llmspool.shared.metrics import MODEL, PREFIX
+from llmspool.shared.registry import Registry, WorkerInfo
 
 #: Kinds of work stream, as the ``queue`` label names them.
 QUEUES = ("requests", "batch")
@@ -48,7 +50,8 @@ class ModelQueues:
     model: str
     streams: tuple[StreamStats, ...]
     dead: int
-    workers: int
+    #: live workers in the registry; None while the registry cannot be reached
+    workers: int | None
     desired: int | None = None
 
     @property
@@ -56,17 +59,18 @@ class ModelQueues:
         return sum(stream.backlog for stream in self.streams)
 
 
-async def snapshot(redis: Redis, models: Sequence[str]) -> list[ModelQueues]:
-    """The queue numbers of ``models``, read now."""
+async def snapshot(redis: Redis, registry: Registry, models: Sequence[str]) -> list[ModelQueues]:
+    """The queue numbers of ``models``, read now, with their live workers from ``registry``."""
     groups = await _first_pass(redis, models)
     oldest = await _oldest_undelivered(redis, models, groups)
-    counts = _worker_counts(await registry.live_workers(redis))
+    counts = await _worker_counts(registry)
     result = []
     for i, model in enumerate(models):
         streams = tuple(
             _stream_stats(queue, groups[i][j], oldest[i][j]) for j, queue in enumerate(QUEUES)
         )
-        result.append(ModelQueues(model, streams, groups[i][2]["length"], counts.get(model, 0)))
+        workers = None if counts is None else counts.get(model, 0)
+        result.append(ModelQueues(model, streams, groups[i][2]["length"], workers))
     return result
 
 
@@ -132,7 +136,12 @@ def _stream_stats(queue: str, info: dict[str, Any], oldest: float) -> StreamStat
     return StreamStats(queue, info["length"], info["lag"], info["pending"], age)
 
 
-def _worker_counts(workers: Iterable[registry.WorkerInfo]) -> dict[str, int]:
+async def _worker_counts(registry: Registry) -> dict[str, int] | None:
+    """Live workers per model; None while an external registry (etcd) cannot be reached."""
+    try:
+        workers: Iterable[WorkerInfo] = await registry.live_workers()
+    except RegistryUnavailable:
+        return None
     counts: dict[str, int] = {}
     for worker in workers:
         counts[worker.model] = counts.get(worker.model, 0) + 1
@@ -159,7 +168,13 @@ class QueueCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily(PREFIX + "redis_up", "1 when the API could read Redis.")
         up.add_metric([], 1.0 if self._redis_up else 0.0)
-        return [up, *self._stream_families(), *self._model_families()]
+        registry_up = GaugeMetricFamily(
+            PREFIX + "registry_up", "1 when the API could read the worker registry."
+        )
+        if self._queues:  # read along with the queues (unknown when Redis could not be read)
+            known = all(model.workers is not None for model in self._queues)
+            registry_up.add_metric([], 1.0 if known else 0.0)
+        return [up, registry_up, *self._stream_families(), *self._model_families()]
 
     def _stream_families(self) -> list[Metric]:
         specs = {
@@ -197,7 +212,8 @@ class QueueCollector(Collector):
         )
         for model in self._queues:
             dead.add_metric([model.model], model.dead)
-            workers.add_metric([model.model], model.workers)
+            if model.workers is not None:
+                workers.add_metric([model.model], model.workers)
             if model.desired is not None:
                 desired.add_metric([model.model], model.desired)
         return [dead, workers, desired]

@@ -34,13 +34,13 @@ from llmspool.producer.dispatch import Dispatcher, Reply
 from llmspool.producer.observe import RequestTrace
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.sse import EventStream
-from llmspool.shared import registry
 from llmspool.shared.checks import check_request, check_size
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
     InvalidRequest,
     LLMSpoolError,
     ModelOffline,
+    RegistryUnavailable,
     ServiceUnavailable,
 )
 from llmspool.shared.logs import request_id
@@ -344,10 +344,10 @@ def _encode(vector: list[float], encoding_format: str | None) -> list[float] | s
 
 
 async def _live_workers(producer: Producer) -> Counter[str] | None:
-    """Live workers per model from the registry; None when Redis cannot say."""
+    """Live workers per model from the registry; None when the registry cannot say."""
     try:
-        workers = await asyncio.wait_for(registry.live_workers(producer.redis), timeout=2)
-    except (TimeoutError, *UNAVAILABLE):
+        workers = await asyncio.wait_for(producer.registry.live_workers(), timeout=2)
+    except (TimeoutError, RegistryUnavailable, *UNAVAILABLE):
         return None
     return Counter(worker.model for worker in workers)
 

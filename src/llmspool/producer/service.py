@@ -16,6 +16,7 @@ from llmspool.producer.relay import ReplyRelay
 from llmspool.producer.timeline import Timeline
 from llmspool.shared.config import Config
 from llmspool.shared.metrics import ApiMetrics
+from llmspool.shared.registry import Registry, open_registry
 from llmspool.shared.requestlog import RequestLog
 from llmspool.shared.settings import Settings
 from llmspool.shared.streams import ensure_groups
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Producer:
-    """Everything a route needs: settings, models, Redis, the relay and the dispatcher."""
+    """Everything a route needs: settings, models, Redis, the relay, the dispatcher and the
+    worker registry."""
 
     settings: Settings
     config: Config
@@ -35,6 +37,7 @@ class Producer:
     id: str
     timeline: Timeline
     observer: Observer
+    registry: Registry
     control: ControlView = field(init=False)
 
     def __post_init__(self) -> None:
@@ -55,7 +58,10 @@ class Producer:
         timeline = Timeline(redis)
         dispatcher = Dispatcher(redis, relay, settings, timeline)
         observer = Observer(ApiMetrics(config.names()), RequestLog(redis, settings))
-        return cls(settings, config, redis, relay, dispatcher, producer_id, timeline, observer)
+        registry = open_registry(settings, redis)
+        return cls(
+            settings, config, redis, relay, dispatcher, producer_id, timeline, observer, registry
+        )
 
 
 async def get_producer(request: Request) -> Producer:

@@ -1,7 +1,8 @@
 """Operator actions and views, shared by the command line and the admin API.
 
-Everything here talks to Redis only: the control loop (``llmspool serve``, or a cluster's
-controller) and the workers act on what is written, whichever machine they run on.
+Everything here talks to Redis (and the worker registry) only: the control loop (``llmspool
+serve``, or a cluster's controller) and the workers act on what is written, whichever machine
+they run on.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from llmspool.shared import controlstate, keys, registry
+from llmspool.shared import controlstate, keys
 from llmspool.shared.backlog import QueueSummary, queue_stats
 from llmspool.shared.config import Config, parse_config
 from llmspool.shared.controlstate import DrainMode, ReloadStatus
 from llmspool.shared.errors import ConfigError, InvalidRequest, NoControlLoop, NotFound
 from llmspool.shared.messages import decode_fields
-from llmspool.shared.registry import WorkerInfo
+from llmspool.shared.registry import Registry, WorkerInfo
 
 
 class ControllerState(BaseModel):
@@ -78,10 +79,13 @@ async def published_config(redis: Redis) -> Config | None:
         return None
 
 
-async def models_status(redis: Redis, config: Config) -> list[ModelStatus]:
-    """Every model with its workers, queue and control state."""
+async def models_status(
+    redis: Redis, registry: Registry | None, config: Config
+) -> list[ModelStatus]:
+    """Every model with its workers (from ``registry``; None: not read, none shown), queue and
+    control state."""
     controls = await controlstate.model_controls(redis, config.names())
-    live = await registry.live_workers(redis)
+    live = await registry.live_workers() if registry is not None else []
     state = await controller_state(redis)
     result = []
     for model in config.models:
@@ -105,12 +109,14 @@ async def models_status(redis: Redis, config: Config) -> list[ModelStatus]:
     return result
 
 
-async def model_status(redis: Redis, config: Config, name: str) -> ModelStatus:
+async def model_status(redis: Redis, registry: Registry, config: Config, name: str) -> ModelStatus:
     model = config.model(name)
-    return (await models_status(redis, Config(models=[model])))[0]
+    return (await models_status(redis, registry, Config(models=[model])))[0]
 
 
-async def scale(redis: Redis, config: Config, name: str, workers: int | None) -> ModelStatus:
+async def scale(
+    redis: Redis, registry: Registry, config: Config, name: str, workers: int | None
+) -> ModelStatus:
     """Pin ``name`` to ``workers`` (0..max_workers), or return it to autoscaling (None)."""
     model = config.model(name)
     if workers is not None and not 0 <= workers <= model.max_workers:
@@ -120,14 +126,16 @@ async def scale(redis: Redis, config: Config, name: str, workers: int | None) ->
             param="workers",
         )
     await controlstate.set_pin(redis, model.name, workers)
-    return await model_status(redis, config, name)
+    return await model_status(redis, registry, config, name)
 
 
-async def set_offline(redis: Redis, config: Config, name: str, offline: bool) -> ModelStatus:
+async def set_offline(
+    redis: Redis, registry: Registry, config: Config, name: str, offline: bool
+) -> ModelStatus:
     """Take ``name`` out of service (new requests get 503; queued and running ones finish)."""
     model = config.model(name)
     await controlstate.set_offline(redis, model.name, offline)
-    return await model_status(redis, config, name)
+    return await model_status(redis, registry, config, name)
 
 
 async def restart(redis: Redis, config: Config, name: str) -> int:
@@ -138,9 +146,9 @@ async def restart(redis: Redis, config: Config, name: str) -> int:
     return await controlstate.request_restart(redis, model.name)
 
 
-async def find_worker(redis: Redis, ident: str) -> WorkerInfo:
+async def find_worker(registry: Registry, ident: str) -> WorkerInfo:
     """A live worker by id, or by a part of its id that matches exactly one."""
-    live = await registry.live_workers(redis)
+    live = await registry.live_workers()
     exact = [w for w in live if w.id == ident]
     matches = exact or [w for w in live if ident in w.id]
     if len(matches) == 1:
@@ -152,9 +160,9 @@ async def find_worker(redis: Redis, ident: str) -> WorkerInfo:
     )
 
 
-async def drain_worker(redis: Redis, ident: str, mode: DrainMode) -> WorkerInfo:
+async def drain_worker(redis: Redis, registry: Registry, ident: str, mode: DrainMode) -> WorkerInfo:
     """Ask one worker to drain (finish its jobs) or stop (hand them back) and exit."""
-    info = await find_worker(redis, ident)
+    info = await find_worker(registry, ident)
     await controlstate.request_drain(redis, info.id, mode)
     return info
 

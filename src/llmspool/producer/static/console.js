@@ -311,7 +311,8 @@
         await Promise.all([renderBatches(), renderRequests()].map((p) => p.catch((e) => notify(e.message, false))));
       }
       page.ticks += 1;
-      setStatus("live", `live · ${clock(state.now)}`);
+      if (state.registry_error) setStatus("error", `registry down · ${state.registry_error}`);
+      else setStatus("live", `live · ${clock(state.now)}`);
       document.body.dataset.ticks = String(page.ticks);
     } catch (error) {
       const auth = error.status === 401 || error.status === 403;
