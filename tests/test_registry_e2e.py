@@ -103,6 +103,9 @@ def test_etcd_away_stops_nothing_and_workers_return_with_it(
     (card,) = get(stack, "/v1/models")["data"]
     assert card["llmspool"]["workers"] is None  # unknown, not zero
     assert "unreachable" in get(stack, "/admin/console/state")["registry_error"]
+    refused = httpx.get(f"{stack.base_url}/admin/workers", timeout=10)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "registry_unavailable"
     assert scrape(f"{stack.base_url}/metrics")["llmspool:registry_up", {}] == 0
     assert process.poll() is None
 

@@ -60,7 +60,7 @@ class Registry(ABC):
     reached.
     """
 
-    #: how messages name this registry ("Redis", "etcd at host:2379 (prefix /llmspool)")
+    #: how messages name this registry ("Redis", "etcd at host:2379, prefix /llmspool")
     name: str = "registry"
 
     def __init__(self, ttl: float = TTL_SECONDS) -> None:

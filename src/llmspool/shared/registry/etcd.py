@@ -98,7 +98,7 @@ class EtcdRegistry(Registry):
     ) -> None:
         super().__init__(ttl)
         self.address = address
-        self.name = f"etcd at {address.host}:{address.port} (prefix {address.prefix})"
+        self.name = f"etcd at {address.host}:{address.port}, prefix {address.prefix}"
         self.timeout = timeout
         self._client: Any = aetcd.Client(
             host=address.host,
