@@ -78,12 +78,22 @@ def test_a_killed_worker_leaves_the_registry_within_the_ttl(
     stack_factory: StackFactory, registry_env: dict[str, str]
 ) -> None:
     stack = stack_factory(**registry_env)
+    watcher = stack.spawn("workers", "--watch", "--json", log="watch.log")
     process = stack.start_worker("fake")
     assert stack.consumers("fake") == 1
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
     # the TTL, plus the time etcd takes to notice an expired lease (it checks twice a second)
     wait_until(lambda: stack.consumers("fake") == 0, TTL + 5, what="the dead worker's entry to go")
+
+    def seen() -> list[tuple[str, int]]:  # (kind, pid) of what `llmspool workers --watch` printed
+        log = stack.log("watch.log").splitlines()
+        lines = [json.loads(line) for line in log if line.startswith("{")]
+        return [(e["kind"], e["worker"]["pid"]) for e in lines if e.get("worker")]
+
+    wait_until(lambda: ("delete", process.pid) in seen(), 10, what="the watch to see it go")
+    assert seen() == [("put", process.pid), ("delete", process.pid)]
+    assert watcher.poll() is None
 
 
 def test_etcd_away_stops_nothing_and_workers_return_with_it(

@@ -30,7 +30,7 @@ from llmspool.shared.config import Config
 from llmspool.shared.errors import ConfigError, LLMSpoolError, NoControlLoop, RegistryUnavailable
 from llmspool.shared.operations import ModelStatus
 from llmspool.shared.redis import UNAVAILABLE, connect
-from llmspool.shared.registry import Registry, WorkerInfo, open_registry
+from llmspool.shared.registry import Registry, RegistryEvent, WorkerInfo, open_registry
 from llmspool.shared.settings import Settings
 
 T = TypeVar("T")
@@ -167,9 +167,16 @@ def workers(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
     as_json: JsonOpt = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Then print arrivals and departures until Ctrl-C.")
+    ] = False,
 ) -> None:
     """List live workers (the registry) with their in-flight jobs."""
     if ctx.invoked_subcommand is not None:
+        return
+    if watch:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_live(lambda _r, registry, _c: watch_workers(registry, model, as_json))
         return
     live = run_live(lambda _r, registry, _c: registry.live_workers(model))
     if as_json:
@@ -190,6 +197,32 @@ def workers_stop(worker: str) -> None:
     """Ask WORKER to exit now; its running jobs go back to the queue."""
     info = run_live(lambda r, reg, _: operations.drain_worker(r, reg, worker, "stop"))
     out.print(f"{info.id}: stopping; its {info.in_flight} running jobs are handed back")
+
+
+async def watch_workers(registry: Registry, model: str | None, as_json: bool) -> None:
+    """One line per worker that is registered, arrives or leaves (heartbeats are not shown);
+    with ``as_json``, those events as JSON lines."""
+    present: set[str] = set()
+    async for event in registry.watch():
+        if model is not None and (event.worker is None or event.worker.model != model):
+            continue
+        arrived = event.kind == "put"
+        if arrived == (event.worker_id in present):
+            continue  # a heartbeat of a worker already shown
+        if arrived:
+            present.add(event.worker_id)
+        else:
+            present.discard(event.worker_id)
+        _print_event(event, as_json)
+
+
+def _print_event(event: RegistryEvent, as_json: bool) -> None:
+    if as_json:
+        typer.echo(event.model_dump_json())
+        return
+    info = event.worker
+    where = f" {info.model} on {info.host} pid {info.pid}" if info else ""
+    out.print(f"{'+' if event.kind == 'put' else '-'} {event.worker_id}{where}")
 
 
 def workers_table(live: list[WorkerInfo]) -> Table:
