@@ -122,10 +122,16 @@ class EtcdRegistry(Registry):
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         lease_id = self._leases.get(info.id)
-        if lease_id is None or not await self._keep_alive(lease_id):
-            await self.register(info)  # the lease expired (a long partition) or etcd lost it
-            return
-        await self._put(info)
+        try:
+            if lease_id is not None and await self._keep_alive(lease_id):
+                await self._put(info)
+                return
+        except RegistryUnavailable:
+            # the next beat starts from a fresh lease: the old one may expire meanwhile (its key
+            # moves to the new lease with the next put; the old lease then holds nothing)
+            self._leases.pop(info.id, None)
+            raise
+        await self.register(info)  # the lease expired (a long partition) or etcd lost it
 
     async def deregister(self, worker_id: str) -> None:
         lease_id = self._leases.pop(worker_id, None)
