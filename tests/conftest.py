@@ -73,6 +73,20 @@ def own_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     server.stop()
 
 
+#: The TTL of the registries that ``registry_env`` selects (short: the tests wait for expiries).
+REGISTRY_TTL = 3
+
+
+@pytest.fixture(params=["redis", "etcd"])
+def registry_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings that select each worker registry in turn: Redis (the default), etcd."""
+    env = {"LLMSPOOL_REGISTRY_TTL": str(REGISTRY_TTL)}
+    if request.param == "etcd":
+        etcd: EtcdServer = request.getfixturevalue("etcd")
+        env["LLMSPOOL_REGISTRY_URL"] = etcd.url
+    return env
+
+
 @pytest.fixture
 def clean_redis(redis_server: RedisServer) -> RedisServer:
     redis_server.client().flushall()

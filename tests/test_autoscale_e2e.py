@@ -33,8 +33,8 @@ itl_ms = 40
 """
 
 
-def start_serve(stack_factory: StackFactory) -> Stack:
-    stack = stack_factory(BURST_CONFIG)
+def start_serve(stack_factory: StackFactory, **env: str) -> Stack:
+    stack = stack_factory(BURST_CONFIG, **env)
     stack.start_serve()
     return stack
 
@@ -78,23 +78,24 @@ def test_burst_grows_zero_to_max_serves_all_and_returns_to_zero(
     assert 'llmspool:desired_workers{model_name="burst"} 0.0' in metrics
 
 
-def test_killed_worker_is_restarted(stack_factory: StackFactory) -> None:
-    stack = start_serve(stack_factory)
+def test_killed_worker_is_restarted(
+    stack_factory: StackFactory, registry_env: dict[str, str]
+) -> None:
+    """With each registry: the control loop counts live workers through it."""
+    stack = start_serve(stack_factory, **registry_env)
     stack.redis.client().hset("llmspool:{burst}:control", "pin", "1")
     wait_until(lambda: stack.consumers("burst") == 1, 60, what="the pinned worker")
-    redis = stack.redis.client()
-    (key,) = redis.keys("llmspool:worker:*")
-    pid = int(redis.hget(key, "pid"))
-    os.kill(pid, signal.SIGKILL)
+    (worker,) = stack.live_workers()
+    os.kill(worker.pid, signal.SIGKILL)
     # the dead one's registry entry lingers until its TTL; a new pid must appear meanwhile
-    wait_until(lambda: set(_pids(stack)) - {pid}, 60, what="a restarted worker")
+    wait_until(lambda: set(_pids(stack)) - {worker.pid}, 60, what="a restarted worker")
     assert "restarting in" in stack.log("serve.log")
+    wait_until(lambda: worker.pid not in _pids(stack), 60, what="the dead entry to go")
+    assert len(_pids(stack)) == 1  # the control loop kept one worker: no second one started
 
 
 def _pids(stack: Stack) -> list[int]:
-    redis = stack.redis.client()
-    pids = [redis.hget(k, "pid") for k in redis.keys("llmspool:worker:*")]
-    return [int(pid) for pid in pids if pid is not None]  # an entry may expire between the calls
+    return [worker.pid for worker in stack.live_workers()]
 
 
 ROLL_CONFIG = """

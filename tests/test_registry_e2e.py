@@ -14,23 +14,13 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import REGISTRY_TTL as TTL
 from tests.conftest import StackFactory
 from tests.helpers import EtcdServer, Stack, scrape, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-TTL = 3  # seconds a worker stays registered without a heartbeat
 FAKE = {"model_name": "fake"}
-
-
-@pytest.fixture(params=["redis", "etcd"])
-def registry_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The settings that select the registry under test."""
-    env = {"LLMSPOOL_REGISTRY_TTL": str(TTL)}
-    if request.param == "etcd":
-        etcd: EtcdServer = request.getfixturevalue("etcd")
-        env["LLMSPOOL_REGISTRY_URL"] = etcd.url
-    return env
 
 
 def chat(stack: Stack) -> str:
