@@ -5,6 +5,7 @@
     LLMSpoolError                 500 server_error
     ├── InvalidRequest            400 invalid_request_error
     │   ├── UnsupportedParameter  400 invalid_request_error, param = the parameter
+    │   ├── ContextLengthExceeded 400 invalid_request_error, code context_length_exceeded
     │   └── UnsupportedCapability 400 invalid_request_error (model cannot do this kind of request)
     │   ├── IdempotencyConflict   400 an Idempotency-Key reused for a different request
     │   └── PayloadTooLarge       413 invalid_request_error, code payload_too_large
@@ -74,6 +75,13 @@ class InvalidRequest(LLMSpoolError):
 
 class UnsupportedParameter(InvalidRequest):
     default_code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt (with the tokens asked for) does not fit the model's context: found by the
+    API's check or by the engine itself. A request error: never retried, never dead-lettered."""
+
+    default_code = "context_length_exceeded"
 
 
 class UnsupportedCapability(InvalidRequest):
