@@ -14,17 +14,10 @@ import uuid
 from typing import Any
 
 from llmspool.batch.lines import LineError
+from llmspool.shared import replies
 from llmspool.shared.errors import LLMSpoolError
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
-from llmspool.shared.protocol import (
-    ChatCompletion,
-    ChatCompletionChoice,
-    ChatCompletionMessage,
-    Completion,
-    CompletionChoice,
-    EmbeddingRequest,
-    Usage,
-)
+from llmspool.shared.protocol import EmbeddingRequest, Usage
 
 Record = dict[str, Any]
 
@@ -44,9 +37,9 @@ def succeeded(record: Record) -> bool:
     return isinstance(response, dict) and response.get("status_code") == 200
 
 
-def success_record(job: Job, text: str, final: ReplyFrame) -> Record:
+def success_record(job: Job, frames: list[ReplyFrame], final: ReplyFrame) -> Record:
     """The 200 response the endpoint would have answered for ``job``."""
-    return _request_record(job.request_id, 200, response_body(job, text, final))
+    return _request_record(job.request_id, 200, response_body(job, frames, final))
 
 
 def failure_record(job: Job, exc: LLMSpoolError) -> Record:
@@ -98,27 +91,14 @@ def tokens(final: ReplyFrame) -> tuple[int, int]:
     return usage.prompt_tokens, usage.completion_tokens
 
 
-def response_body(job: Job, text: str, final: ReplyFrame) -> dict[str, Any]:
+def response_body(job: Job, frames: list[ReplyFrame], final: ReplyFrame) -> dict[str, Any]:
     """The body of the 200 response to ``job``: a chat completion, completion or embeddings."""
     usage = final.usage or Usage()
     if job.kind is JobKind.EMBEDDING:
         return _embeddings(job, final, usage)
     created = int(job.enqueued_at)
-    if job.kind is JobKind.CHAT:
-        message = ChatCompletionMessage(content=text)
-        choice = ChatCompletionChoice(message=message, finish_reason=final.finish_reason)
-        chat = ChatCompletion(
-            id=job.request_id, created=created, model=job.model, choices=[choice], usage=usage
-        )
-        return chat.model_dump()
-    completion = Completion(
-        id=job.request_id,
-        created=created,
-        model=job.model,
-        choices=[CompletionChoice(text=text, finish_reason=final.finish_reason)],
-        usage=usage,
-    )
-    return completion.model_dump()
+    build = replies.chat_completion if job.kind is JobKind.CHAT else replies.completion
+    return build(job.request_id, created, job.model, frames, usage).model_dump()
 
 
 def _embeddings(job: Job, final: ReplyFrame, usage: Usage) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from llmspool.batch.store import BatchStore
 from llmspool.consumers.publisher import ReplySink
 from llmspool.shared.errors import EngineError, LLMSpoolError
 from llmspool.shared.messages import Job, ReplyFrame, WireError
-from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, Usage
 from llmspool.shared.redis import UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,24 @@ Execute = Callable[[Job, ReplySink], Awaitable[None]]
 
 
 class CollectedReply:
-    """A reply kept in memory: the text, and the final frame once the engine finishes."""
+    """A reply kept in memory: its frames, the final one last once the engine finishes."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
-        self.parts: list[str] = []
+        self.frames: list[ReplyFrame] = []
         self.final: ReplyFrame | None = None
 
-    def write(self, text: str, tokens: int) -> None:
-        self.parts.append(text)
+    def write(
+        self,
+        text: str,
+        tokens: int,
+        index: int = 0,
+        logprobs: list[ChatCompletionTokenLogprob] | None = None,
+    ) -> None:
+        self.frames.append(self._frame(text=text, index=index, logprobs=logprobs))
+
+    def end_choice(self, index: int, finish_reason: FinishReason) -> None:
+        self.frames.append(self._frame(finish_reason=finish_reason, index=index, more=True))
 
     async def finish(
         self,
@@ -47,15 +56,19 @@ class CollectedReply:
         usage: Usage | None = None,
         error: WireError | None = None,
         embeddings: list[list[float]] | None = None,
+        index: int = 0,
     ) -> None:
-        self.final = ReplyFrame(
-            request_id=self.request_id,
-            seq=0,
+        self.final = self._frame(
             finish_reason=finish_reason,
             usage=usage,
             error=error,
             embeddings=embeddings,
+            index=index,
         )
+        self.frames.append(self.final)
+
+    def _frame(self, **fields: object) -> ReplyFrame:
+        return ReplyFrame(request_id=self.request_id, seq=0, **fields)  # type: ignore[arg-type]
 
 
 class BatchLines:
@@ -109,8 +122,7 @@ class BatchLines:
             return results.failure_record(job, error), False, (0, 0)
         if final.error is not None:
             return results.failure_record(job, final.error.to_exception()), False, (0, 0)
-        text = "".join(reply.parts)
-        return results.success_record(job, text, final), True, results.tokens(final)
+        return results.success_record(job, reply.frames, final), True, results.tokens(final)
 
 
 def _loop_time_at(wall: float) -> float:

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from llmspool.shared import keys
 from llmspool.shared.messages import ReplyFrame, WireError
-from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, Usage
 from llmspool.shared.redis import UNAVAILABLE, is_cluster, queue_publish
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,17 @@ _RETRY_DELAY = 0.2  # seconds between tries to publish while Redis is away
 
 class ReplySink(Protocol):
     """Where a running job's text and final frame go: a published :class:`ReplyStream`, or a
-    batch line's reply collected in memory."""
+    batch line's reply collected in memory. ``index`` is the choice (for ``n`` > 1)."""
 
-    def write(self, text: str, tokens: int) -> None: ...
+    def write(
+        self,
+        text: str,
+        tokens: int,
+        index: int = 0,
+        logprobs: list[ChatCompletionTokenLogprob] | None = None,
+    ) -> None: ...
+
+    def end_choice(self, index: int, finish_reason: FinishReason) -> None: ...
 
     async def finish(
         self,
@@ -44,6 +52,7 @@ class ReplySink(Protocol):
         usage: Usage | None = None,
         error: WireError | None = None,
         embeddings: list[list[float]] | None = None,
+        index: int = 0,
     ) -> None: ...
 
 
@@ -65,18 +74,39 @@ class ReplyStream:
         self.started_at = started_at
         self.first_text_at: float | None = None
         self.seq = 0
+        # the buffer: text (and logprobs) of one choice, ``index``, not yet sent
         self.text: list[str] = []
         self.tokens = 0
+        self.index = 0
+        self.logprobs: list[ChatCompletionTokenLogprob] = []
+        #: frames closed before the buffer (another choice's text came, or a choice ended)
+        self.closed: list[ReplyFrame] = []
         self.final: ReplyFrame | None = None
         self.sent_text = False
 
-    def write(self, text: str, tokens: int) -> None:
+    def write(
+        self,
+        text: str,
+        tokens: int,
+        index: int = 0,
+        logprobs: list[ChatCompletionTokenLogprob] | None = None,
+    ) -> None:
         """Queue text; the first text of a reply is flushed at once."""
         if self.first_text_at is None:
             self.first_text_at = time.time()
+        if index != self.index:
+            self._close(index)
         self.text.append(text)
         self.tokens += tokens
+        if logprobs:
+            self.logprobs += logprobs
         self._publisher.mark(self, urgent=not self.sent_text)
+
+    def end_choice(self, index: int, finish_reason: FinishReason) -> None:
+        """Choice ``index`` ended while others go on (``n`` > 1)."""
+        self._close(index)
+        self.closed.append(self._frame(finish_reason=finish_reason, index=index, more=True))
+        self._publisher.mark(self, urgent=False)
 
     async def finish(
         self,
@@ -84,31 +114,51 @@ class ReplyStream:
         usage: Usage | None = None,
         error: WireError | None = None,
         embeddings: list[list[float]] | None = None,
+        index: int = 0,
     ) -> None:
         """Queue the final frame and wait until it has been published."""
-        self.final = ReplyFrame(
-            request_id=self.request_id,
-            attempt=self.attempt,
-            seq=0,
+        self._close(index)
+        self.final = self._frame(
             finish_reason=finish_reason,
             usage=usage,
             error=error,
             embeddings=embeddings,
+            index=index or None,
         )
         await self._publisher.flush_and_wait(self)
 
-    def take_frame(self) -> ReplyFrame | None:
-        """The frame to send now, or None when nothing is buffered."""
-        if not self.text and self.final is None:
-            return None
-        self.seq += 1
-        frame = self.final or ReplyFrame(request_id=self.request_id, attempt=self.attempt, seq=0)
-        frame.seq, frame.text, frame.tokens = self.seq, "".join(self.text), self.tokens
-        if frame.seq == 1 or frame.final:
-            frame.started_at = self.started_at
+    def _frame(self, **fields: object) -> ReplyFrame:
+        return ReplyFrame(request_id=self.request_id, attempt=self.attempt, seq=0, **fields)  # type: ignore[arg-type]
+
+    def _close(self, index: int) -> None:
+        """Close the buffer into a frame unless it is empty or already holds ``index``."""
+        if index == self.index:
+            return
+        if self.text or self.logprobs:
+            self.closed.append(self._take(self._frame(index=self.index or None)))
+        self.index = index
+
+    def _take(self, frame: ReplyFrame) -> ReplyFrame:
+        """``frame`` with the buffer's text, tokens and logprobs; the buffer emptied."""
+        frame.text, frame.tokens = "".join(self.text), self.tokens
+        if self.logprobs:
+            frame.logprobs, self.logprobs = self.logprobs, []
         self.sent_text = self.sent_text or bool(self.text)
         self.text, self.tokens = [], 0
         return frame
+
+    def take_frames(self) -> list[ReplyFrame]:
+        """The frames to send now, in order (none when nothing is buffered)."""
+        frames, self.closed = self.closed, []
+        if self.text or self.logprobs or self.final is not None:
+            frame = self.final or self._frame(index=self.index or None)
+            frames.append(self._take(frame))
+        for frame in frames:
+            self.seq += 1
+            frame.seq = self.seq
+            if frame.seq == 1 or frame.final:
+                frame.started_at = self.started_at
+        return frames
 
 
 class ReplyPublisher:
@@ -167,7 +217,7 @@ class ReplyPublisher:
 
     async def _flush(self) -> None:
         dirty, self._dirty = list(self._dirty), {}
-        frames = self._unsent + [(s, f) for s in dirty if (f := s.take_frame()) is not None]
+        frames = self._unsent + [(s, f) for s in dirty for f in s.take_frames()]
         waiters = self._unsettled + [self._waiters.pop(s) for s in dirty if s in self._waiters]
         self._unsent, self._unsettled = [], []
         try:

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from llmspool.consumers import choices
 from llmspool.consumers.backends.base import Backend
 from llmspool.consumers.batching import BatchLines
 from llmspool.consumers.delivery import Deliveries, Entry
@@ -440,9 +441,16 @@ class Worker:
         if job.kind is JobKind.EMBEDDING:
             await self._embed(job, reply)
             return
+        n = getattr(job.body, "n", None) or 1
+        if n > 1:
+            await choices.run(self.backend, job, reply, n)
+            return
+        echo = choices.echoed(job)
+        if echo:
+            reply.write(echo, 0)
         async for delta in self.backend.generate(job):
-            if delta.text:
-                reply.write(delta.text, delta.tokens)
+            if delta.text or delta.logprobs:
+                reply.write(delta.text, delta.tokens, 0, delta.logprobs)
             if delta.finish_reason is not None:
                 await reply.finish(delta.finish_reason, delta.usage)
                 return

@@ -17,6 +17,7 @@ from llmspool.producer.admin import router as admin_router
 from llmspool.producer.auth import AuthMiddleware
 from llmspool.producer.routes import BODY_MODELS, router
 from llmspool.producer.service import Producer
+from llmspool.shared import capabilities
 from llmspool.shared.config import Config, load_config
 from llmspool.shared.protocol import ErrorResponse
 from llmspool.shared.redis import UNAVAILABLE, connect
@@ -125,16 +126,33 @@ def _error_schemas() -> dict[str, Any]:
 
 
 def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config) -> None:
-    context = max(model.context_length for model in config.models)
+    lengths = [model.context_length for model in config.models if model.context_length]
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         props = schemas.get(name, {}).get("properties", {})
-        for field in ("max_tokens", "max_completion_tokens"):
-            _bound(props.get(field, {}), "integer", "maximum", context)
+        _document_parameters(props, config)
+        if len(lengths) == len(config.models):  # else an engine's length: the spec cannot know
+            for field in ("max_tokens", "max_completion_tokens"):
+                _bound(props.get(field, {}), "integer", "maximum", max(lengths))
         _bound(props.get("messages", {}), "array", "maxItems", settings.max_messages)
         _bound(props.get("prompt", {}), "string", "maxLength", settings.max_prompt_chars)
     upload = schemas.get("Body_create_file_v1_files_post", {}).get("properties", {})
     if "file" in upload:  # an empty batch input file is refused (400 empty_file)
         upload["file"]["minLength"] = 1
+
+
+def _document_parameters(props: dict[str, Any], config: Config) -> None:
+    """Offer only the "not set" values of parameters no configured model's backend honours."""
+    rows = [capabilities.of(model.backend) for model in config.models]
+    for name, prop in props.items():
+        if any(row.honours(name) for row in rows):
+            continue
+        kept = {k: v for k, v in prop.items() if k in ("title", "description")}
+        prop.clear()
+        prop.update(
+            kept,
+            enum=list(capabilities.NOT_SET.get(name, (None,))),
+            description="Accepted only as 'not set': no backend served here honours it.",
+        )
 
 
 def _bound(prop: dict[str, Any], kind: str, keyword: str, limit: int) -> None:

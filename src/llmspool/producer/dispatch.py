@@ -318,14 +318,20 @@ class Reply:
 
     async def collect(self) -> tuple[str, ReplyFrame]:
         """The whole text and the final frame; a retried attempt starts the text again."""
-        parts: list[str] = []
+        frames = await self.collect_frames()
+        return "".join(frame.text for frame in frames), frames[-1]
+
+    async def collect_frames(self) -> list[ReplyFrame]:
+        """The frames of the attempt that finished, the final one last; a retried attempt
+        starts over."""
+        frames: list[ReplyFrame] = []
         attempt = 0
         async for frame in self.frames_restartable():
             if frame.attempt != attempt:
-                parts, attempt = [], frame.attempt
-            parts.append(frame.text)
+                frames, attempt = [], frame.attempt
+            frames.append(frame)
             if frame.final:
-                return "".join(parts), frame
+                return frames
         raise self._failed(EngineError("the reply ended without a final frame"))
 
     async def frames_restartable(self) -> AsyncIterator[ReplyFrame]:

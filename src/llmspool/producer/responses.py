@@ -15,16 +15,10 @@ import anyio
 import orjson
 
 from llmspool.producer.dispatch import Reply
+from llmspool.shared import replies
 from llmspool.shared.errors import InvalidRequest, LLMSpoolError
 from llmspool.shared.messages import JobKind, ReplyFrame, ReplyMeta
-from llmspool.shared.protocol import (
-    ChatCompletion,
-    ChatCompletionChoice,
-    ChatCompletionMessage,
-    Completion,
-    CompletionChoice,
-    Usage,
-)
+from llmspool.shared.protocol import ChatCompletion, Completion, Usage
 
 #: Events are built as bytes and written as they are (producer/sse.py).
 DONE = b"data: [DONE]\n\n"
@@ -33,28 +27,16 @@ DONE = b"data: [DONE]\n\n"
 EventId = tuple[int, int, int]
 
 
-def chat_completion(reply: Reply, text: str, final: ReplyFrame) -> ChatCompletion:
-    return ChatCompletion(
-        id=reply.meta.request_id,
-        created=int(reply.meta.created),
-        model=reply.meta.model,
-        choices=[
-            ChatCompletionChoice(
-                message=ChatCompletionMessage(content=text), finish_reason=final.finish_reason
-            )
-        ],
-        usage=final.usage or Usage(),
+def chat_completion(reply: Reply, frames: list[ReplyFrame], final: ReplyFrame) -> ChatCompletion:
+    meta = reply.meta
+    return replies.chat_completion(
+        meta.request_id, int(meta.created), meta.model, frames, final.usage
     )
 
 
-def completion(reply: Reply, text: str, final: ReplyFrame) -> Completion:
-    return Completion(
-        id=reply.meta.request_id,
-        created=int(reply.meta.created),
-        model=reply.meta.model,
-        choices=[CompletionChoice(text=text, finish_reason=final.finish_reason)],
-        usage=final.usage or Usage(),
-    )
+def completion(reply: Reply, frames: list[ReplyFrame], final: ReplyFrame) -> Completion:
+    meta = reply.meta
+    return replies.completion(meta.request_id, int(meta.created), meta.model, frames, final.usage)
 
 
 class ChunkWriter:
@@ -63,6 +45,8 @@ class ChunkWriter:
     def __init__(self, meta: ReplyMeta) -> None:
         self.chat = meta.kind is JobKind.CHAT
         self.include_usage = meta.include_usage
+        self.n = meta.n
+        self._offsets: dict[int, int] = {}  # per choice: characters streamed so far
         self._head = {
             "id": meta.request_id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -77,30 +61,56 @@ class ChunkWriter:
         return event(body)
 
     def _choice(
-        self, text: str | None, finish: str | None, role: bool = False
+        self,
+        text: str | None,
+        finish: str | None,
+        role: bool = False,
+        index: int = 0,
+        logprobs: object = None,
     ) -> dict[str, object]:
         if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {
+                "index": index,
+                "text": text or "",
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
         delta: dict[str, object] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
     def opening(self) -> bytes | None:
-        """Chat streams open with the assistant role, as OpenAI's do."""
-        return self._event([self._choice("", None, role=True)]) if self.chat else None
+        """Chat streams open with the assistant role (of every choice), as OpenAI's do."""
+        if not self.chat:
+            return None
+        return self._event([self._choice("", None, True, i) for i in range(self.n)])
 
     def frame(self, frame: ReplyFrame) -> list[bytes]:
         events = []
-        if frame.text:
-            events.append(self._event([self._choice(frame.text, None)]))
+        index = frame.index or 0
+        if frame.text or frame.logprobs:
+            logprobs = self._logprobs(frame, index) if frame.logprobs else None
+            events.append(self._event([self._choice(frame.text, None, False, index, logprobs)]))
         if frame.finish_reason is not None:
             events.append(
-                self._event([self._choice(None if self.chat else "", frame.finish_reason)])
+                self._event(
+                    [self._choice(None if self.chat else "", frame.finish_reason, False, index)]
+                )
             )
-            if self.include_usage:
+            if self.include_usage and not frame.more:
                 events.append(self._event([], frame.usage or Usage()))
         return events
+
+    def _logprobs(self, frame: ReplyFrame, index: int) -> dict[str, object]:
+        """A chunk's logprobs: chat's ``content`` list, or the completions shape, whose text
+        offsets run on from the choice's earlier chunks."""
+        tokens = frame.logprobs or []
+        if self.chat:
+            return {"content": [token.model_dump() for token in tokens], "refusal": None}
+        offset = self._offsets.get(index, 0)
+        self._offsets[index] = offset + len(frame.text)
+        return replies.completion_logprobs(tokens, offset).model_dump()
 
 
 def event(body: object) -> bytes:

@@ -295,11 +295,12 @@ def _stream(reply: Reply, after: responses.EventId | None = None) -> EventStream
 
 async def _whole(request: Request, reply: Reply) -> Response:
     """The reply as one OpenAI object: chat completion, completion or embedding list."""
-    text, final = await _collect(request, reply)
+    frames = await _collect_frames(request, reply)
+    final = frames[-1]
     if reply.meta.kind is JobKind.CHAT:
-        return JSONResponse(responses.chat_completion(reply, text, final).model_dump())
+        return JSONResponse(responses.chat_completion(reply, frames, final).model_dump())
     if reply.meta.kind is JobKind.COMPLETION:
-        return JSONResponse(responses.completion(reply, text, final).model_dump())
+        return JSONResponse(responses.completion(reply, frames, final).model_dump())
     return _embedding_list(reply, final, None)
 
 
@@ -316,20 +317,26 @@ def _embedding_list(reply: Reply, final: ReplyFrame, encoding_format: str | None
 
 async def _collect(request: Request, reply: Reply) -> tuple[str, ReplyFrame]:
     """Wait for the whole reply; a client that goes away cancels the job."""
-    collecting = asyncio.ensure_future(reply.collect())
+    frames = await _collect_frames(request, reply)
+    return "".join(frame.text for frame in frames), frames[-1]
+
+
+async def _collect_frames(request: Request, reply: Reply) -> list[ReplyFrame]:
+    """Wait for the whole reply's frames; a client that goes away cancels the job."""
+    collecting = asyncio.ensure_future(reply.collect_frames())
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not collecting.done():
             collecting.cancel()
             raise asyncio.CancelledError("client disconnected")
-        text, final = collecting.result()
+        frames = collecting.result()
     finally:
         gone.cancel()
         await reply.close()
-    if final.error is not None:
-        raise final.error.to_exception()
-    return text, final
+    if frames[-1].error is not None:
+        raise frames[-1].error.to_exception()
+    return frames
 
 
 async def _disconnected(request: Request) -> None:

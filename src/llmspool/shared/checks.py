@@ -7,6 +7,7 @@ alone would be, with the same error.
 
 from __future__ import annotations
 
+from llmspool.shared import capabilities
 from llmspool.shared.config import Capability, ModelConfig
 from llmspool.shared.errors import InvalidRequest, UnsupportedCapability, UnsupportedParameter
 from llmspool.shared.messages import JobKind, RequestBody
@@ -14,7 +15,6 @@ from llmspool.shared.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    unsupported_parameters,
 )
 from llmspool.shared.settings import Settings
 
@@ -28,11 +28,7 @@ _KIND_CAPABILITY: dict[JobKind, Capability] = {
 def check_request(body: RequestBody, model: ModelConfig, kind: JobKind) -> None:
     """Raise an :class:`~llmspool.shared.errors.InvalidRequest` naming what ``model`` cannot
     honour in ``body``."""
-    for param in unsupported_parameters(body):
-        raise UnsupportedParameter(
-            f"'{param}' is not supported by llmspool's engines; remove it from the request.",
-            param=param,
-        )
+    check_parameters(body, model)
     capability = _KIND_CAPABILITY[kind]
     if capability not in model.capabilities:
         raise UnsupportedCapability(
@@ -41,7 +37,7 @@ def check_request(body: RequestBody, model: ModelConfig, kind: JobKind) -> None:
             param="model",
         )
     max_tokens = requested_max_tokens(body)
-    if max_tokens is not None and max_tokens > model.context_length:
+    if max_tokens is not None and model.context_length and max_tokens > model.context_length:
         raise UnsupportedParameter(
             f"max_tokens is {max_tokens}, above this model's context length "
             f"{model.context_length}.",
@@ -79,3 +75,16 @@ def check_size(body: RequestBody, settings: Settings) -> None:
             param=param,
             code="string_above_max_length",
         )
+
+
+def check_parameters(body: RequestBody, model: ModelConfig) -> None:
+    """Refuse, naming it, the first parameter ``model``'s backend does not honour."""
+    for param in capabilities.refused_parameters(body, model.backend):
+        raise UnsupportedParameter(
+            f"'{param}' is not supported by the {model.backend} backend that serves "
+            f"'{model.name}'; remove it from the request.",
+            param=param,
+        )
+    conflict = capabilities.conflicting_parameters(body)
+    if conflict is not None:
+        raise InvalidRequest(conflict[1], param=conflict[0], code="invalid_parameter")

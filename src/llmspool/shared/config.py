@@ -54,8 +54,11 @@ class ModelConfig(BaseModel):
     max_concurrency: int = Field(default=1, ge=1, le=4096)
     min_workers: int = Field(default=1, ge=0)
     max_workers: int = Field(default=1, ge=1)
-    context_length: int = Field(default=2048, ge=16)
-    default_max_tokens: int = Field(default=256, ge=1)
+    #: Context length the API checks ``max_tokens`` against; unset: the engine's (its workers
+    #: report it, and check every prompt against it).
+    context_length: int | None = Field(default=None, ge=16)
+    #: Tokens a request without ``max_tokens`` may generate; unset: up to the rest of the context.
+    default_max_tokens: int | None = Field(default=None, ge=1)
     timeout: float | None = Field(default=None, gt=0)
     queue_limit: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=3, ge=1)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmspool.shared.errors import LLMSpoolError, from_wire
 from llmspool.shared.protocol import (
     ChatCompletionRequest,
+    ChatCompletionTokenLogprob,
     CompletionRequest,
     EmbeddingRequest,
     FinishReason,
@@ -118,6 +119,8 @@ class ReplyMeta(BaseModel):
     deadline: float
     stream: bool = False
     include_usage: bool = False
+    #: Choices the reply carries (``n``).
+    n: int = 1
 
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()
@@ -134,6 +137,7 @@ class ReplyMeta(BaseModel):
             deadline=job.deadline,
             stream=bool(getattr(body, "stream", False)),
             include_usage=bool(options and options.include_usage),
+            n=getattr(body, "n", None) or 1,
         )
 
 
@@ -155,7 +159,11 @@ class WireError(BaseModel):
 
 class ReplyFrame(BaseModel):
     """One frame of a reply: a text delta (possibly several tokens), and at the end the finish
-    reason and usage, or an error. ``seq`` counts frames of one attempt from 1."""
+    reason and usage, or an error. ``seq`` counts frames of one attempt from 1.
+
+    A reply of ``n`` choices tags each frame with its choice ``index``; a choice that ends
+    while others go on ends with a frame with its finish reason and ``more``; the last one to
+    end carries the final frame (usage summed over the choices)."""
 
     v: int = SCHEMA_VERSION
     request_id: str
@@ -170,14 +178,24 @@ class ReplyFrame(BaseModel):
     worker: str | None = None
     #: When the worker picked the job up (epoch seconds): on the first and the final frame.
     started_at: float | None = None
+    #: The choice this frame belongs to (None: 0).
+    index: int | None = None
+    #: The logprobs of the frame's tokens, where the request asked for them.
+    logprobs: list[ChatCompletionTokenLogprob] | None = None
+    #: On a choice's finish frame: other choices have not finished, the reply goes on.
+    more: bool | None = None
 
     @property
     def final(self) -> bool:
         return (
-            self.finish_reason is not None
+            (self.finish_reason is not None and not self.more)
             or self.error is not None
             or (self.embeddings is not None)
         )
+
+    @property
+    def choice(self) -> int:
+        return self.index or 0
 
     def dumps(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()

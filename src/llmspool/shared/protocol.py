@@ -1,9 +1,10 @@
 """OpenAI protocol models: requests and responses, fields in the OpenAI reference's order.
 
-Every model derives from :class:`OpenAIBaseModel`, which accepts and keeps unknown fields so a
-newer client never breaks us. Parameters the engines cannot honour are refused by
-:func:`unsupported_parameters`, never silently dropped. llmspool's own extensions are fenced
-under "llmspool extensions" and documented in docs/api.md.
+Every model derives from :class:`OpenAIBaseModel`, which parses unknown fields rather than
+failing on them. Whether a request's parameters are honoured is the model's backend's to say
+(:mod:`llmspool.shared.capabilities`): a parameter is honoured or refused with a 400 naming it,
+never silently dropped. llmspool's own extensions are fenced under "llmspool extensions" and
+documented in docs/api.md.
 """
 
 from __future__ import annotations
@@ -53,26 +54,14 @@ PositiveInt = Annotated[int, Field(ge=1)]
 # Bounds a JSON number holds exactly (doubles): larger ones cannot be validated consistently.
 Seed = Annotated[int, Field(ge=-(2**53), le=2**53)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
-
-
-def _document_harmless(schema: dict[str, Any]) -> None:
-    """In the OpenAPI spec, offer only the values of unsupported parameters that we accept."""
-    for name, prop in schema.get("properties", {}).items():
-        if name in _HARMLESS:
-            values = list(_HARMLESS[name])
-            kept = {k: v for k, v in prop.items() if k in ("title", "description")}
-            prop.clear()
-            prop.update(
-                kept,
-                enum=values,
-                description="Accepted only as 'not set': no engine behind llmspool honours it.",
-            )
+#: Choices per request: OpenAI's own bound.
+Choices = Annotated[int, Field(ge=1, le=128)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=256)]
 
 
 class RequestModel(OpenAIBaseModel):
-    """Base of request bodies: unsupported parameters are documented as such."""
-
-    model_config = ConfigDict(extra="allow", json_schema_extra=_document_harmless)
+    """Base of request bodies. Unknown fields are parsed, then refused by the request check
+    unless the model's backend passes them through (see shared/capabilities.py)."""
 
 
 class ChatCompletionRequest(RequestModel):
@@ -88,12 +77,14 @@ class ChatCompletionRequest(RequestModel):
     max_tokens: PositiveInt | None = None
     metadata: dict[str, str] | None = None
     modalities: list[str] | None = None
-    n: PositiveInt | None = None
+    n: Choices | None = None
     parallel_tool_calls: bool | None = None
     prediction: Any = None
     presence_penalty: Penalty | None = None
+    reasoning_effort: str | None = None
     response_format: Any = None
     seed: Seed | None = None
+    service_tier: str | None = None
     stop: Stop = None
     store: bool | None = None
     stream: bool | None = False
@@ -104,10 +95,22 @@ class ChatCompletionRequest(RequestModel):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     top_p: TopP | None = None
     user: str | None = None
+    # --- vLLM's extensions (honoured where the backend can, see shared/capabilities.py) ---
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: TokenIds | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens`` wins over the deprecated ``max_tokens``."""
         return self.max_completion_tokens or self.max_tokens
+
+    def top_logprobs_wanted(self) -> int | None:
+        """Alternatives per token to report; None: no logprobs at all."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(RequestModel):
@@ -119,7 +122,7 @@ class CompletionRequest(RequestModel):
     logit_bias: dict[str, float] | None = None
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     max_tokens: PositiveInt | None = 16
-    n: PositiveInt | None = None
+    n: Choices | None = None
     presence_penalty: Penalty | None = None
     seed: Seed | None = None
     stop: Stop = None
@@ -129,12 +132,23 @@ class CompletionRequest(RequestModel):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     user: str | None = None
+    # --- vLLM's extensions (honoured where the backend can, see shared/capabilities.py) ---
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    ignore_eos: bool | None = None
+    stop_token_ids: TokenIds | None = None
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def top_logprobs_wanted(self) -> int | None:
+        """Alternatives per token to report; None: no logprobs at all."""
+        return self.logprobs
 
 
 class EmbeddingRequest(RequestModel):
@@ -150,35 +164,6 @@ class EmbeddingRequest(RequestModel):
 
 GenerationRequest = ChatCompletionRequest | CompletionRequest
 
-# Parameters a request may name but no llmspool engine honours; each maps to the values that
-# are harmless (equal to "not set"). Anything else is refused with a 400 naming the param.
-_HARMLESS: dict[str, tuple[object, ...]] = {
-    "audio": (None,),
-    "function_call": (None, "none"),
-    "functions": (None, []),
-    "logit_bias": (None, {}),
-    "logprobs": (None, False, 0),
-    "modalities": (None, ["text"]),
-    "n": (None, 1),
-    "best_of": (None, 1),
-    "parallel_tool_calls": (None, True, False),
-    "prediction": (None,),
-    "response_format": (None, {"type": "text"}),
-    "suffix": (None, ""),
-    "echo": (None, False),
-    "tool_choice": (None, "none", "auto"),
-    "tools": (None, []),
-    "top_logprobs": (None, 0),
-    "dimensions": (None,),
-}
-
-
-def unsupported_parameters(request: BaseModel) -> list[str]:
-    """Names of known OpenAI parameters set to values no engine behind llmspool honours."""
-    names = [name for name in type(request).model_fields if name in _HARMLESS]
-    return [name for name in names if getattr(request, name) not in _HARMLESS[name]]
-
-
 # ---------------------------------------------------------------------------------- responses
 
 
@@ -186,6 +171,38 @@ class Usage(OpenAIBaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+
+class TopLogprob(OpenAIBaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatCompletionTokenLogprob(OpenAIBaseModel):
+    """One generated token's logprob and its most likely alternatives. Also the form in which
+    workers hand logprobs to the API (reply frames), whatever the endpoint."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(OpenAIBaseModel):
+    """A chat choice's ``logprobs``."""
+
+    content: list[ChatCompletionTokenLogprob] | None = None
+    refusal: list[ChatCompletionTokenLogprob] | None = None
+
+
+class CompletionLogprobs(OpenAIBaseModel):
+    """A text completion choice's ``logprobs`` (the legacy shape)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
 
 
 class ChatCompletionMessage(OpenAIBaseModel):
@@ -196,7 +213,7 @@ class ChatCompletionMessage(OpenAIBaseModel):
 class ChatCompletionChoice(OpenAIBaseModel):
     index: int = 0
     message: ChatCompletionMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -218,7 +235,7 @@ class ChatDelta(OpenAIBaseModel):
 class ChatCompletionChunkChoice(OpenAIBaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -234,7 +251,7 @@ class ChatCompletionChunk(OpenAIBaseModel):
 class CompletionChoice(OpenAIBaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -270,7 +287,12 @@ class ModelServing(OpenAIBaseModel):
     """llmspool extension on a model card: how the model is served."""
 
     backend: str
+    #: The kinds of request it serves: chat, completion, embedding.
     capabilities: list[str]
+    #: What its backend does beyond plain text: logprobs, n, echo, tools, … (shared/capabilities)
+    features: list[str] = Field(default_factory=list)
+    #: The request parameters its backend honours (any other, set, is refused with a 400).
+    parameters: list[str] = Field(default_factory=list)
     #: Workers serving it now (from the registry); None when Redis could not say.
     workers: int | None = None
     #: "offline" while an operator keeps new requests out (they get 503 model_offline).
@@ -282,6 +304,9 @@ class Model(OpenAIBaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "llmspool"
+    #: Context length in tokens, as its engine reports it (vLLM's field); None until a worker
+    #: has said.
+    max_model_len: int | None = None
     # --- llmspool extensions ---
     llmspool: ModelServing | None = None
 

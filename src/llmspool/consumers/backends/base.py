@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict
 
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import UnsupportedCapability
+from llmspool.shared.errors import ContextLengthExceeded, InvalidRequest, UnsupportedCapability
 from llmspool.shared.messages import Job
 from llmspool.shared.protocol import (
     ChatCompletionRequest,
+    ChatCompletionTokenLogprob,
     ChatMessage,
     CompletionRequest,
     FinishReason,
@@ -43,19 +44,34 @@ class Delta:
     tokens: int = 0
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    #: The logprobs of this delta's tokens, when the job asked for them.
+    logprobs: list[ChatCompletionTokenLogprob] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """The generation parameters of a job, resolved against the model's defaults."""
+    """The generation parameters of a job, resolved against the model's defaults. What a
+    backend honours is in shared/capabilities.py; the request check refused the rest."""
 
-    max_tokens: int
+    #: None: up to the rest of the context (see :func:`generation_budget`).
+    max_tokens: int | None
     temperature: float = 1.0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    #: Alternatives to report per token; None: no logprobs.
+    logprobs: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    #: (token id, bias) pairs.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +90,8 @@ class Backend(Protocol):
     """One engine serving one model."""
 
     max_concurrency: int
+    #: The context length in tokens, as the engine says once started (None: unknown).
+    max_model_len: int | None
 
     async def start(self) -> None: ...
 
@@ -98,7 +116,48 @@ def sampling_params(job: Job, model: ModelConfig) -> SamplingParams:
         seed=body.seed,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
+        logprobs=body.top_logprobs_wanted(),
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repetition_penalty=body.repetition_penalty,
+        min_tokens=body.min_tokens or 0,
+        ignore_eos=bool(body.ignore_eos),
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        logit_bias=_logit_bias(body.logit_bias),
+        chat_template_kwargs=getattr(body, "chat_template_kwargs", None) or {},
     )
+
+
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    try:
+        return tuple((int(token), value) for token, value in (bias or {}).items())
+    except ValueError:
+        raise InvalidRequest(
+            "logit_bias keys must be token ids.", param="logit_bias", code="invalid_value"
+        ) from None
+
+
+def generation_budget(params: SamplingParams, prompt_tokens: int, context: int, chat: bool) -> int:
+    """Tokens the job may generate in a context of ``context`` tokens: ``max_tokens``, or all
+    the room the prompt leaves. A prompt (with the tokens asked for) that does not fit is a
+    :class:`~llmspool.shared.errors.ContextLengthExceeded`: the request's fault, never retried."""
+    room = context - prompt_tokens
+    if room <= 0:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens; the prompt is "
+            f"{prompt_tokens} tokens.",
+            param="messages" if chat else "prompt",
+        )
+    if params.max_tokens is None:
+        return room
+    if params.max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens; you requested "
+            f"{prompt_tokens + params.max_tokens} tokens ({prompt_tokens} in the prompt, "
+            f"{params.max_tokens} for the completion).",
+            param="max_tokens",
+        )
+    return params.max_tokens
 
 
 def prompt_of(job: Job) -> Prompt:

@@ -1,6 +1,8 @@
 """The ``fake`` engine: deterministic text at a configured pace, for tests and benchmarks.
 
-It emits exactly ``max_tokens`` tokens unless a stop sequence matches. Token ``i`` (from 0)
+It emits exactly ``max_tokens`` tokens unless a stop sequence matches (without ``max_tokens``,
+up to its ``max_model_len`` less the prompt's words); logprobs, when asked for, are made up
+deterministically (:func:`fake_logprob`). Token ``i`` (from 0)
 leaves at ``start + ttft_ms + i * itl_ms``, where ``start`` is when the job began, so its pace
 does not drift under load. The same prompt always gives the same text; a ``seed`` changes it.
 
@@ -32,12 +34,13 @@ from llmspool.consumers.backends.base import (
     Delta,
     Prompt,
     StopMatcher,
+    generation_budget,
     prompt_of,
     sampling_params,
 )
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import Job
-from llmspool.shared.protocol import Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, TopLogprob, Usage
 
 WORDS = [
     "the",
@@ -71,6 +74,9 @@ class Options(BackendOptions):
     ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
     itl_ms: float = Field(default=0.0, ge=0, description="Delay between tokens.")
     embedding_dim: int = Field(default=8, ge=1, le=4096, description="Size of fake embeddings.")
+    max_model_len: int = Field(
+        default=2048, ge=16, description="Context length in (whitespace-separated) tokens."
+    )
     faults: bool = Field(
         default=False,
         description="Honour [[fake:exit@N]] / [[fake:raise@N]] prompt markers "
@@ -113,6 +119,7 @@ class FakeBackend:
         self.model = model
         self.options = options
         self.max_concurrency = model.max_concurrency
+        self.max_model_len: int | None = options.max_model_len
         #: Tokens generated since start, cancelled jobs included (tests read it).
         self.tokens_generated = 0
 
@@ -125,25 +132,30 @@ class FakeBackend:
     async def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
         prompt = prompt_of(job)
+        limit = generation_budget(
+            params, count_tokens(prompt_text(prompt)), self.options.max_model_len, prompt.is_chat
+        )
         start = time.monotonic()
         matcher = StopMatcher(params.stop)
         words = token_stream(prompt_text(prompt), params.seed)
         fault = Fault.find(prompt_text(prompt), job.attempt) if self.options.faults else None
         produced = 0
-        for i in range(params.max_tokens):
+        for i in range(limit):
             await _sleep_until(start + (self.options.ttft_ms + i * self.options.itl_ms) / 1000)
             if fault is not None:
                 fault.strike(i)
             self.tokens_generated += 1
             produced += 1
-            text = matcher.feed(next(words))
+            word = next(words)
+            text = matcher.feed(word)
+            logprobs = None if params.logprobs is None else [fake_logprob(word, params.logprobs)]
             if matcher.matched:
                 if text:
-                    yield Delta(text=text, tokens=1)
+                    yield Delta(text=text, tokens=1, logprobs=logprobs)
                 yield _final("stop", prompt, produced)
                 return
-            if text:
-                yield Delta(text=text, tokens=1)
+            if text or logprobs:
+                yield Delta(text=text, tokens=1, logprobs=logprobs)
         tail = matcher.flush()
         if tail:
             yield Delta(text=tail)
@@ -189,6 +201,22 @@ class WordStream:
         text = word if self._i == 0 else " " + word
         self._i += 1
         return text
+
+
+def fake_logprob(word: str, top: int) -> ChatCompletionTokenLogprob:
+    """Deterministic logprobs for ``word``: it is the likeliest token, ``top`` alternatives
+    follow it from the word list, each less likely than the last."""
+    logprob = -((len(word) % 5) + 1) / 10
+    alternatives = [word] + [w for w in dict.fromkeys(WORDS) if w != word.strip()]
+    return ChatCompletionTokenLogprob(
+        token=word,
+        logprob=logprob,
+        bytes=list(word.encode()),
+        top_logprobs=[
+            TopLogprob(token=alt, logprob=logprob - i, bytes=list(alt.encode()))
+            for i, alt in enumerate(alternatives[:top])
+        ],
+    )
 
 
 def fake_embedding(text: str, dim: int) -> list[float]:

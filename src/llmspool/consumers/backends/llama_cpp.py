@@ -28,14 +28,20 @@ from llmspool.consumers.backends.base import (
     SamplingParams,
     StopMatcher,
     ThreadedGeneration,
+    generation_budget,
     prompt_of,
     sampling_params,
 )
 from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest
+from llmspool.shared.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+)
 from llmspool.shared.messages import Job
-from llmspool.shared.protocol import Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, TopLogprob, Usage
 from llmspool.shared.settings import Settings
 
 MISSING = "the llama_cpp backend needs llama-cpp-python: pip install 'llmspool[llamacpp]'"
@@ -65,6 +71,7 @@ class LlamaCppBackend:
         self.options = options
         self.settings = settings
         self.max_concurrency = 1  # llama.cpp contexts are not thread-safe
+        self.max_model_len: int | None = None  # the context's size, once loaded
         self._llm: Any = None
         self._lock = threading.Lock()
         self._formatter: Any = None
@@ -76,6 +83,7 @@ class LlamaCppBackend:
 
     def _load(self) -> None:
         self._llm = self._open(n_batch=self.options.n_batch)
+        self.max_model_len = int(self._llm.n_ctx())
         if self.options.chat_template == "gguf":
             self._formatter = _gguf_formatter(self._llm)
 
@@ -132,32 +140,33 @@ class LlamaCppBackend:
     ) -> Iterator[Delta]:
         with self._lock:
             tokens = self.tokenize(prompt)
-            budget = self.options.n_ctx - len(tokens)
-            if budget <= 0:
-                raise InvalidRequest(
-                    f"the prompt is {len(tokens)} tokens; this model's context is "
-                    f"{self.options.n_ctx}",
-                    param="messages" if prompt.is_chat else "prompt",
-                )
+            limit = generation_budget(params, len(tokens), self.options.n_ctx, prompt.is_chat)
             self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
-            yield from self._sample(tokens, params, min(params.max_tokens, budget), stop)
+            try:
+                yield from self._sample(tokens, params, limit, stop)
+            except ValueError as exc:  # the engine refusing what the request asked for
+                raise request_error(exc, prompt.is_chat) from exc
 
     def _sample(
         self, tokens: Sequence[int], params: SamplingParams, limit: int, stop: threading.Event
     ) -> Iterator[Delta]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(params.stop)
+        ends = set() if params.ignore_eos else {*self.options.stop_token_ids}
+        ends.update(params.stop_token_ids)
         produced, finish = 0, "length"
-        for token in self._llm.generate(tokens, **_engine_args(params)):
+        for token in self._llm.generate(tokens, **self._engine_args(params, len(tokens))):
             if stop.is_set():
                 return
-            if token in self.options.stop_token_ids:
+            if token in ends:
                 finish = "stop"
                 break
             produced += 1
-            text = matcher.feed(decoder.decode(self._llm.detokenize([token])))
-            if text:
-                yield Delta(text=text, tokens=1)
+            piece = self._llm.detokenize([token])
+            text = matcher.feed(decoder.decode(piece))
+            logprobs = self._logprobs(token, piece, params.logprobs)
+            if text or logprobs:
+                yield Delta(text=text, tokens=1, logprobs=logprobs)
             if matcher.matched:
                 finish = "stop"
                 break
@@ -170,6 +179,41 @@ class LlamaCppBackend:
             total_tokens=len(tokens) + produced,
         )
         yield Delta(text=tail, finish_reason="stop" if finish == "stop" else "length", usage=usage)
+
+    def _engine_args(self, params: SamplingParams, prompt_tokens: int) -> dict[str, Any]:
+        args = _engine_args(params)
+        processors = self._processors(params, prompt_tokens)
+        if processors:
+            args["logits_processor"] = processors
+        return args
+
+    def _processors(self, params: SamplingParams, prompt_tokens: int) -> list[Any]:
+        """Logits processors for ``logit_bias`` and ``min_tokens`` (none on the plain path)."""
+        processors: list[Any] = []
+        import numpy as np
+
+        if params.logit_bias:
+            ids = np.array([token for token, _ in params.logit_bias], dtype=np.intc)
+            bias = np.array([value for _, value in params.logit_bias], dtype=np.single)
+            processors.append(_Bias(ids, bias))
+        if params.min_tokens:
+            ends = [*self.options.stop_token_ids, *params.stop_token_ids]
+            processors.append(_NoEndBefore(ends, prompt_tokens + params.min_tokens))
+        return processors
+
+    def _logprobs(
+        self, token: int, piece: bytes, top: int | None
+    ) -> list[ChatCompletionTokenLogprob] | None:
+        """The sampled token's logprob and the ``top`` likeliest, from the logits the engine
+        sampled it from (still in the context until the generator resumes)."""
+        if top is None:
+            return None
+        import llama_cpp
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        logits = np.ctypeslib.as_array(row, shape=(self._llm.n_vocab(),))
+        return [token_logprob(logits, token, piece, top, self._llm.detokenize)]
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised embeddings, one per text (truncated to the context)."""
@@ -197,15 +241,77 @@ class LlamaCppBackend:
 
 
 def _engine_args(params: SamplingParams) -> dict[str, Any]:
+    top_k = params.top_k if params.top_k is not None and params.top_k > 0 else 0
     return {
         "temp": params.temperature,
         "top_p": params.top_p,
-        "top_k": 0 if params.temperature > 0 else 1,
+        "top_k": top_k if params.temperature > 0 else 1,
+        "min_p": params.min_p or 0.0,
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
-        "repeat_penalty": 1.0,
+        "repeat_penalty": params.repetition_penalty or 1.0,
         "reset": True,
     }
+
+
+def token_logprob(
+    logits: Any, token: int, piece: bytes, top: int, detokenize: Any
+) -> ChatCompletionTokenLogprob:
+    """``token``'s logprob under ``logits`` (log-softmax), with the ``top`` likeliest."""
+    import numpy as np
+
+    peak = float(logits.max())
+    norm = peak + float(np.log(np.exp(logits - peak).sum()))
+    best: Any = np.argpartition(-logits, top)[:top] if top else []
+    ranked = sorted(best, key=lambda i: -logits[i])
+    alternatives = []
+    for i in ranked:
+        raw = detokenize([int(i)])
+        alternatives.append(
+            TopLogprob(
+                token=raw.decode(errors="replace"),
+                logprob=float(logits[i]) - norm,
+                bytes=list(raw),
+            )
+        )
+    return ChatCompletionTokenLogprob(
+        token=piece.decode(errors="replace"),
+        logprob=float(logits[token]) - norm,
+        bytes=list(piece),
+        top_logprobs=alternatives,
+    )
+
+
+class _Bias:
+    """A logits processor adding ``logit_bias`` to the logits of its token ids."""
+
+    def __init__(self, ids: Any, bias: Any) -> None:
+        self.ids, self.bias = ids, bias
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores[self.ids] += self.bias
+        return scores
+
+
+class _NoEndBefore:
+    """A logits processor that keeps the end tokens out until ``length`` tokens are in the
+    context (``min_tokens``)."""
+
+    def __init__(self, ends: list[int], length: int) -> None:
+        self.ends, self.length = ends, length
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if len(input_ids) < self.length:
+            scores[self.ends] = float("-inf")
+        return scores
+
+
+def request_error(exc: ValueError, chat: bool) -> InvalidRequest:
+    """A ValueError llama.cpp raised for a request: over the context, or a bad parameter."""
+    message = str(exc)
+    if "context window" in message or "exceed context" in message:
+        return ContextLengthExceeded(message, param="messages" if chat else "prompt")
+    return InvalidRequest(f"llama.cpp refused the request: {message}")
 
 
 def _gguf_formatter(llm: Any) -> Any:
