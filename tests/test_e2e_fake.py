@@ -130,7 +130,9 @@ def post(stack: Stack, path: str, **kwargs: object) -> httpx.Response:
         ({"model": "fake", "messages": HI, "max_tokens": -5}, 400, "max_tokens"),
         ({"model": "fake", "messages": HI, "max_tokens": "ten"}, 400, "max_tokens"),
         ({"model": "fake", "messages": HI, "temperature": 9}, 400, "temperature"),
-        ({"model": "fake", "messages": HI, "n": 3}, 400, "n"),
+        ({"model": "fake", "messages": HI, "n": 200}, 400, "n"),
+        ({"model": "fake", "messages": HI, "top_k": 3}, 400, "top_k"),
+        ({"model": "fake", "messages": HI, "surprise": 1}, 400, "surprise"),
         (
             {
                 "model": "fake",

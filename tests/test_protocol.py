@@ -1,12 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
+from llmspool.shared.capabilities import refused_parameters
 from llmspool.shared.messages import Job, JobKind, ReplyFrame, UnknownSchema
-from llmspool.shared.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    unsupported_parameters,
-)
+from llmspool.shared.protocol import ChatCompletionRequest, CompletionRequest
 
 
 def chat(**extra: object) -> ChatCompletionRequest:
@@ -15,8 +12,11 @@ def chat(**extra: object) -> ChatCompletionRequest:
     )
 
 
-def test_unknown_fields_are_accepted() -> None:
-    assert chat(some_future_field=1).model == "m"
+def test_unknown_fields_parse_but_are_refused_unless_passed_through() -> None:
+    request = chat(some_future_field=1)
+    assert request.model == "m"
+    assert refused_parameters(request, "llama_cpp") == ["some_future_field"]
+    assert refused_parameters(request, "openai") == []  # the upstream answers for it
 
 
 def test_content_may_be_text_parts() -> None:
@@ -36,22 +36,18 @@ def test_content_may_be_text_parts() -> None:
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"logprobs": True}, "logprobs"),
         ({"logit_bias": {"1": 2.0}}, "logit_bias"),
-        ({"n": 2}, "n"),
+        ({"top_k": 5}, "top_k"),
+        ({"store": True}, "store"),
     ],
 )
 def test_unhonoured_parameters_are_named(extra: dict[str, object], param: str) -> None:
-    assert unsupported_parameters(chat(**extra)) == [param]
+    assert refused_parameters(chat(**extra), "fake") == [param]
 
 
 def test_harmless_values_pass() -> None:
-    assert (
-        unsupported_parameters(
-            chat(n=1, logprobs=False, tools=[], response_format={"type": "text"})
-        )
-        == []
-    )
+    harmless = chat(n=1, logprobs=False, tools=[], response_format={"type": "text"}, top_k=None)
+    assert refused_parameters(harmless, "fake") == []
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,7 @@ class Worker:
 
     async def startup(self) -> None:
         await self.backend.start()
+        self.info.max_model_len = getattr(self.backend, "max_model_len", None) or 0
         await ensure_groups(self.redis, self.model.name)
         self._start_metrics_server()
         self.publisher.start()

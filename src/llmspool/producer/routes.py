@@ -34,6 +34,7 @@ from llmspool.producer.dispatch import Dispatcher, Reply
 from llmspool.producer.observe import RequestTrace
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.sse import EventStream
+from llmspool.shared import capabilities
 from llmspool.shared.checks import check_request, check_size
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
@@ -59,6 +60,7 @@ from llmspool.shared.protocol import (
     ModelServing,
 )
 from llmspool.shared.redis import UNAVAILABLE
+from llmspool.shared.registry import WorkerInfo
 
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
@@ -161,8 +163,9 @@ async def request_result(request_id: str, request: Request, producer: ProducerDe
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
 async def list_models(request: Request, producer: ProducerDep) -> ModelList:
-    """The configured models (those the request's API key may use); each one's ``llmspool``
-    field says its backend, what it serves and how many workers serve it now."""
+    """The configured models (those the request's API key may use), with the context length
+    their engine reports (``max_model_len``); each one's ``llmspool`` field says its backend,
+    what it serves, the features and parameters it honours and how many workers serve it now."""
     key = auth.current_key(request)
     models = [m for m in producer.config.models if key is None or key.allows(m.name)]
     live = await _live_workers(producer)
@@ -350,20 +353,38 @@ def _encode(vector: list[float], encoding_format: str | None) -> list[float] | s
     return vector
 
 
-async def _live_workers(producer: Producer) -> Counter[str] | None:
+class _Live:
+    """What the registry says of each model: live workers, and the context length they report."""
+
+    def __init__(self, workers: list[WorkerInfo]) -> None:
+        self.workers = Counter(worker.model for worker in workers)
+        self.lengths: dict[str, int] = {}
+        for worker in workers:
+            if worker.max_model_len:
+                known = self.lengths.get(worker.model, worker.max_model_len)
+                self.lengths[worker.model] = min(known, worker.max_model_len)
+
+
+async def _live_workers(producer: Producer) -> _Live | None:
     """Live workers per model from the registry; None when the registry cannot say."""
     try:
         workers = await asyncio.wait_for(producer.registry.live_workers(), timeout=2)
     except (TimeoutError, RegistryUnavailable, *UNAVAILABLE):
         return None
-    return Counter(worker.model for worker in workers)
+    return _Live(workers)
 
 
-def _model_card(producer: Producer, model: ModelConfig, live: Counter[str] | None) -> Model:
+def _model_card(producer: Producer, model: ModelConfig, live: _Live | None) -> Model:
+    caps = capabilities.of(model.backend)
     status = ModelServing(
         backend=model.backend,
         capabilities=list(model.capabilities),
-        workers=None if live is None else live[model.name],
+        features=caps.features,
+        parameters=caps.listed(),
+        workers=None if live is None else live.workers[model.name],
         status="offline" if producer.control.is_offline(model.name) else "online",
     )
-    return Model(id=model.name, created=0, llmspool=status)
+    length = live.lengths.get(model.name) if live is not None else None
+    if model.context_length:  # the configured limit, where it is the smaller
+        length = min(length or model.context_length, model.context_length)
+    return Model(id=model.name, created=0, max_model_len=length, llmspool=status)

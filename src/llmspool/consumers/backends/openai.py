@@ -27,13 +27,19 @@ from llmspool.consumers.backends.base import (
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
     ConfigError,
+    ContextLengthExceeded,
     EngineError,
     InvalidRequest,
     LLMSpoolError,
     ServiceUnavailable,
 )
 from llmspool.shared.messages import Job
-from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.protocol import (
+    ChatCompletionTokenLogprob,
+    FinishReason,
+    TopLogprob,
+    Usage,
+)
 
 MISSING = "the openai backend needs the openai client: pip install 'llmspool[openai]'"
 
@@ -67,6 +73,8 @@ class OpenAIBackend:
         self.max_concurrency = model.max_concurrency
         self.upstream_model = options.model or model.name
         self._client: Any = None
+        #: The upstream's context length, where its model list says (vLLM's does).
+        self.max_model_len: int | None = None
 
     async def start(self) -> None:
         try:
@@ -94,11 +102,15 @@ class OpenAIBackend:
 
     async def _check(self, client: Any) -> None:
         try:
-            listed = [m.id async for m in client.models.list()]
+            cards = [m async for m in client.models.list()]
         except Exception as exc:
             await client.close()
             error = upstream_error(exc)
             raise ConfigError(f"model {self.model.name}: {error.message}") from exc
+        listed = [card.id for card in cards]
+        for card in cards:
+            if card.id == self.upstream_model:
+                self.max_model_len = _length(card)
         if self.upstream_model not in listed:
             await client.close()
             raise ConfigError(
@@ -112,14 +124,17 @@ class OpenAIBackend:
             await client.close()
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
-        return self._generate(prompt_of(job), sampling_params(job, self.model))
+        passed = passed_through(job.body)
+        return self._generate(prompt_of(job), sampling_params(job, self.model), passed)
 
-    async def _generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def _generate(
+        self, prompt: Prompt, params: SamplingParams, passed: dict[str, Any]
+    ) -> AsyncIterator[Delta]:
         if self._client is None:
             raise EngineError("the openai backend is not started")
         reader = ChunkReader(chat=prompt.is_chat)
         try:
-            stream = await self._open(prompt, params)
+            stream = await self._open(prompt, params, passed)
         except Exception as exc:
             raise upstream_error(exc) from exc
         try:
@@ -133,9 +148,11 @@ class OpenAIBackend:
             await stream.close()  # on a cancel this drops the upstream connection
         yield reader.final()
 
-    async def _open(self, prompt: Prompt, params: SamplingParams) -> Any:
-        args = request_args(params) | {"model": self.upstream_model, "stream": True}
+    async def _open(self, prompt: Prompt, params: SamplingParams, passed: dict[str, Any]) -> Any:
+        args = request_args(params, prompt.is_chat) | {"model": self.upstream_model, "stream": True}
         args["stream_options"] = {"include_usage": True}
+        if passed:
+            args["extra_body"] = passed
         if prompt.text is not None:
             return await self._client.completions.create(prompt=prompt.text, **args)
         messages = [m.model_dump(exclude_none=True) for m in prompt.messages]
@@ -152,20 +169,52 @@ class OpenAIBackend:
         return [list(d.embedding) for d in ordered]
 
 
-def request_args(params: SamplingParams) -> dict[str, Any]:
+def request_args(params: SamplingParams, chat: bool = True) -> dict[str, Any]:
     """The OpenAI request parameters for a job's sampling parameters."""
     args: dict[str, Any] = {
-        "max_tokens": params.max_tokens,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
     }
+    if params.max_tokens is not None:  # else the upstream's own default (its context)
+        args["max_tokens"] = params.max_tokens
     if params.stop:
         args["stop"] = list(params.stop)
     if params.seed is not None:
         args["seed"] = params.seed
+    if params.logit_bias:
+        args["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
+    if params.logprobs is not None:
+        chat_logprobs = {"logprobs": True, "top_logprobs": params.logprobs}
+        args |= chat_logprobs if chat else {"logprobs": params.logprobs}
     return args
+
+
+#: Request fields forwarded to the upstream as they are, when set: vLLM's extensions and the
+#: OpenAI fields only the upstream can honour (see shared/capabilities.py).
+PASSED = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "chat_template_kwargs",
+    "reasoning_effort",
+    "service_tier",
+    "store",
+    "prediction",
+)
+
+
+def passed_through(body: Any) -> dict[str, Any]:
+    """What ``body`` asks of the upstream beyond the sampling parameters: the fields of
+    :data:`PASSED` that are set, and every field llmspool does not know."""
+    fields = {name: getattr(body, name, None) for name in PASSED}
+    return {name: value for name, value in fields.items() if value is not None} | dict(
+        body.model_extra or {}
+    )
 
 
 class ChunkReader:
@@ -190,16 +239,38 @@ class ChunkReader:
         if choice.finish_reason is not None:
             self.finish_reason = "length" if choice.finish_reason == "length" else "stop"
         text = (choice.delta.content if self.chat else choice.text) or ""
-        if not text:
+        logprobs = chunk_logprobs(getattr(choice, "logprobs", None), self.chat)
+        if not text and not logprobs:
             return None
         self.pieces += 1
-        return Delta(text=text, tokens=1)
+        return Delta(text=text, tokens=1, logprobs=logprobs)
 
     def final(self) -> Delta:
         if self.finish_reason is None:  # e.g. llama.cpp's server on a prompt over its context
             raise EngineError("the upstream stream ended without a finish reason")
         usage = self.usage or Usage(completion_tokens=self.pieces, total_tokens=self.pieces)
         return Delta(finish_reason=self.finish_reason, usage=usage)
+
+
+def chunk_logprobs(logprobs: Any, chat: bool) -> list[ChatCompletionTokenLogprob] | None:
+    """An upstream chunk's logprobs (chat's or the completions shape) as llmspool's."""
+    if logprobs is None:
+        return None
+    if chat:
+        content = getattr(logprobs, "content", None) or []
+        return [ChatCompletionTokenLogprob.model_validate(t.model_dump()) for t in content] or None
+    tokens = getattr(logprobs, "tokens", None) or []
+    values = getattr(logprobs, "token_logprobs", None) or []
+    tops = getattr(logprobs, "top_logprobs", None) or [None] * len(tokens)
+    return [
+        ChatCompletionTokenLogprob(
+            token=token,
+            logprob=value if value is not None else float("-inf"),
+            bytes=list(token.encode()),
+            top_logprobs=[TopLogprob(token=t, logprob=v) for t, v in (top or {}).items()],
+        )
+        for token, value, top in zip(tokens, values, tops, strict=False)
+    ] or None
 
 
 def upstream_error(exc: BaseException) -> LLMSpoolError:
@@ -214,6 +285,8 @@ def upstream_error(exc: BaseException) -> LLMSpoolError:
         return EngineError(f"the upstream stream failed: {exc}")
     status, message = exc.status_code, f"upstream error {exc.status_code}: {exc.message}"
     if status in (400, 413, 422):
+        if _too_long(exc):
+            return ContextLengthExceeded(message, param=_param(exc))
         return InvalidRequest(message, param=_param(exc), code="upstream_invalid_request")
     if status in (401, 403):
         return EngineError(message, code="upstream_auth")
@@ -224,11 +297,28 @@ def upstream_error(exc: BaseException) -> LLMSpoolError:
     return EngineError(message, code="upstream_error")
 
 
+def _too_long(exc: Any) -> bool:
+    """Whether the upstream said the prompt does not fit its context (OpenAI's code, or the
+    words vLLM's and llama.cpp's servers use)."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    detail = body.get("error", body)
+    code = detail.get("code") if isinstance(detail, dict) else None
+    text = str(exc.message).lower()
+    return code == "context_length_exceeded" or "context length" in text or "context window" in text
+
+
 def _param(exc: Any) -> str | None:
     body = exc.body if isinstance(exc.body, dict) else {}
     detail = body.get("error", body)
     param = detail.get("param") if isinstance(detail, dict) else None
     return param if isinstance(param, str) else None
+
+
+def _length(card: Any) -> int | None:
+    """A model card's context length, where the upstream says it (vLLM's ``max_model_len``)."""
+    extra = getattr(card, "model_extra", None) or {}
+    length = extra.get("max_model_len")
+    return length if isinstance(length, int) and length > 0 else None
 
 
 def create(model: ModelConfig) -> OpenAIBackend:

@@ -14,6 +14,7 @@ Hugging Face cache, and nothing is ever downloaded.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,19 +29,14 @@ from llmspool.consumers.backends.base import (
     SamplingParams,
     StopMatcher,
     ThreadedGeneration,
+    generation_budget,
     prompt_of,
     sampling_params,
 )
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import (
-    ConfigError,
-    EngineError,
-    InvalidRequest,
-    UnsupportedCapability,
-    UnsupportedParameter,
-)
+from llmspool.shared.errors import ConfigError, EngineError, UnsupportedCapability
 from llmspool.shared.messages import Job
-from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, TopLogprob, Usage
 
 MISSING = "the transformers backend needs PyTorch and transformers: pip install 'llmspool[torch]'"
 _STREAM_TIMEOUT = 600.0  # seconds the streamer waits for the next token before giving up
@@ -71,6 +67,9 @@ class TransformersBackend:
         # The Rust tokenizer refuses concurrent calls that change its settings.
         self._tokenizer_lock = threading.Lock()
         self._seed_lock = threading.Lock()
+        self.max_model_len: int | None = None
+        #: generation thread id -> where its logits go (jobs that asked for logprobs)
+        self._recorders: dict[int, _Logprobs] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -97,6 +96,15 @@ class TransformersBackend:
         self._lm = lm.to(self.options.device).eval()
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+        self.max_model_len = int(self._lm.config.max_position_embeddings)
+        self._lm.get_output_embeddings().register_forward_hook(self._record_logits)
+
+    def _record_logits(self, module: Any, inputs: Any, output: Any) -> None:
+        """The output layer's hook: hands each step's logits to the job that runs in this
+        thread, when it asked for logprobs (the raw model distribution, as vLLM reports)."""
+        recorder = self._recorders.get(threading.get_ident())
+        if recorder is not None:
+            recorder.logits = output[0, -1]
 
     def _source(self) -> str:
         path = Path(self.options.model).expanduser()
@@ -113,11 +121,10 @@ class TransformersBackend:
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
-        _check_supported(params)
         prompt = prompt_of(job)
         return ThreadedGeneration(lambda stop: self._produce(prompt, params, stop)).__aiter__()
 
-    def encode(self, prompt: Prompt) -> Any:
+    def encode(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> Any:
         """The prompt as model inputs (``input_ids``, ``attention_mask``) on the device."""
         tokenizer = self._require_tokenizer()
         with self._tokenizer_lock:
@@ -133,22 +140,18 @@ class TransformersBackend:
                     add_generation_prompt=True,
                     return_dict=True,
                     return_tensors="pt",
+                    **(template_kwargs or {}),
                 )
         return inputs.to(self.options.device)
 
     def _produce(
         self, prompt: Prompt, params: SamplingParams, stop: threading.Event
     ) -> Iterator[Delta]:
-        inputs = self.encode(prompt)
+        inputs = self.encode(prompt, dict(params.chat_template_kwargs))
         prompt_tokens = int(inputs["input_ids"].shape[-1])
-        budget = self._lm.config.max_position_embeddings - prompt_tokens
-        if budget <= 0:
-            raise InvalidRequest(
-                f"the prompt is {prompt_tokens} tokens; this model's context is "
-                f"{self._lm.config.max_position_embeddings}",
-                param="messages" if prompt.is_chat else "prompt",
-            )
-        run = _Run(self, inputs, params, min(params.max_tokens, budget), stop)
+        context = int(self._lm.config.max_position_embeddings)
+        limit = generation_budget(params, prompt_tokens, context, prompt.is_chat)
+        run = _Run(self, inputs, params, limit, stop)
         yield from run.deltas(prompt_tokens)
 
     def _require_tokenizer(self) -> Any:
@@ -200,7 +203,11 @@ class _Run:
         self.params = params
         self.limit = limit
         self.halt = stop  # set by a cancel, or by us when a stop sequence matched
-        self.criterion = _Halt(stop, int(inputs["input_ids"].shape[-1]))
+        self.ends = _ends(backend._lm.generation_config.eos_token_id, params)
+        self.recorder = (
+            None if params.logprobs is None else _Logprobs(backend._tokenizer, params.logprobs)
+        )
+        self.criterion = _Halt(stop, int(inputs["input_ids"].shape[-1]), self.recorder, self.ends)
         self.streamer: Any = token_streamer(backend._tokenizer)
         self.kwargs = {
             **inputs,
@@ -208,6 +215,8 @@ class _Run:
             "streamer": self.streamer,
             "stopping_criteria": StoppingCriteriaList([self.criterion]),
         }
+        if params.stop_token_ids and not params.ignore_eos:
+            self.kwargs["eos_token_id"] = sorted(self.ends)
         self.error: BaseException | None = None
 
     def deltas(self, prompt_tokens: int) -> Iterator[Delta]:
@@ -217,8 +226,9 @@ class _Run:
         try:
             for piece in self.streamer:
                 text = matcher.feed(piece)
-                if text:
-                    yield Delta(text=text, tokens=self.criterion.take_new())
+                logprobs = self._take_logprobs()
+                if text or logprobs:
+                    yield Delta(text=text, tokens=self.criterion.take_new(), logprobs=logprobs)
                 if matcher.matched:
                     self.halt.set()
                     break
@@ -235,9 +245,24 @@ class _Run:
             completion_tokens=completion,
             total_tokens=prompt_tokens + completion,
         )
-        yield Delta(text=tail, finish_reason=finish, usage=usage)
+        logprobs = None if matcher.matched else self._take_logprobs()
+        yield Delta(text=tail, finish_reason=finish, usage=usage, logprobs=logprobs)
+
+    def _take_logprobs(self) -> list[ChatCompletionTokenLogprob] | None:
+        return self.recorder.take() if self.recorder is not None else None
 
     def _generate(self) -> None:
+        if self.recorder is None:
+            self._generate_seeded()
+            return
+        recorders = self.backend._recorders
+        recorders[threading.get_ident()] = self.recorder
+        try:
+            self._generate_seeded()
+        finally:
+            recorders.pop(threading.get_ident(), None)
+
+    def _generate_seeded(self) -> None:
         import torch
 
         try:
@@ -254,9 +279,7 @@ class _Run:
             self.streamer.end()
 
     def _ended_on_eos(self) -> bool:
-        eos = self.backend._lm.generation_config.eos_token_id
-        ids = set(eos) if isinstance(eos, list) else {eos}
-        return self.criterion.last_token in ids
+        return self.criterion.last_token in self.ends
 
 
 def token_streamer(tokenizer: Any) -> Any:
@@ -287,12 +310,73 @@ def token_streamer(tokenizer: Any) -> Any:
     )
 
 
-class _Halt:
-    """A stopping criterion: ends generation when ``halt`` is set; counts generated tokens."""
+def _ends(eos: Any, params: SamplingParams) -> set[int]:
+    """The token ids that end a generation: the model's end tokens and ``stop_token_ids``."""
+    if params.ignore_eos:
+        return set()
+    ids = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+    return ids | set(params.stop_token_ids)
 
-    def __init__(self, halt: threading.Event, prompt_tokens: int) -> None:
+
+class _Logprobs:
+    """The logprobs of one generation's tokens, made from the logits the output layer's hook
+    hands over (generation thread) and taken by the streaming thread."""
+
+    def __init__(self, tokenizer: Any, top: int) -> None:
+        self.tokenizer = tokenizer
+        self.top = top
+        self.logits: Any = None
+        self._ready: collections.deque[ChatCompletionTokenLogprob] = collections.deque()
+
+    def add(self, token: int) -> None:
+        import torch
+
+        if self.logits is None:
+            return
+        logprobs = torch.log_softmax(self.logits.float(), dim=-1)
+        best = torch.topk(logprobs, self.top) if self.top else None
+        alternatives = (
+            []
+            if best is None
+            else list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+        )
+        self._ready.append(
+            ChatCompletionTokenLogprob(
+                token=self._text(token),
+                logprob=float(logprobs[token]),
+                bytes=list(self._text(token).encode()),
+                top_logprobs=[
+                    TopLogprob(token=self._text(i), logprob=v, bytes=list(self._text(i).encode()))
+                    for i, v in alternatives
+                ],
+            )
+        )
+
+    def _text(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
+
+    def take(self) -> list[ChatCompletionTokenLogprob] | None:
+        taken = []
+        while self._ready:
+            taken.append(self._ready.popleft())
+        return taken or None
+
+
+class _Halt:
+    """A stopping criterion: ends generation when ``halt`` is set; counts generated tokens
+    (and has their logprobs made, where asked)."""
+
+    def __init__(
+        self,
+        halt: threading.Event,
+        prompt_tokens: int,
+        recorder: _Logprobs | None = None,
+        ends: set[int] | None = None,
+    ) -> None:
         self.halt = halt
         self.prompt_tokens = prompt_tokens
+        self.recorder = recorder
+        self.ends = ends or set()
         self.generated = 0
         self.last_token: int | None = None
         self._reported = 0
@@ -302,6 +386,8 @@ class _Halt:
 
         self.generated = int(input_ids.shape[-1]) - self.prompt_tokens
         self.last_token = int(input_ids[0, -1])
+        if self.recorder is not None and self.last_token not in self.ends:
+            self.recorder.add(self.last_token)
         done = self.halt.is_set()
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
@@ -313,23 +399,20 @@ class _Halt:
 
 def generation_kwargs(params: SamplingParams, limit: int) -> dict[str, Any]:
     """``model.generate`` arguments for ``params``: greedy at temperature 0, else sampling."""
-    if params.temperature <= 0:
-        return {"max_new_tokens": limit, "do_sample": False}
-    return {
-        "max_new_tokens": limit,
-        "do_sample": True,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": 0,
-    }
-
-
-def _check_supported(params: SamplingParams) -> None:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(params, name):
-            raise UnsupportedParameter(
-                f"'{name}' is not supported by the transformers backend.", param=name
-            )
+    kwargs: dict[str, Any] = {"max_new_tokens": limit, "do_sample": params.temperature > 0}
+    if params.temperature > 0:
+        kwargs |= {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k if params.top_k and params.top_k > 0 else 0,
+        }
+        if params.min_p:
+            kwargs["min_p"] = params.min_p
+    if params.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = params.repetition_penalty
+    if params.min_tokens or params.ignore_eos:  # the end tokens kept out until then
+        kwargs["min_new_tokens"] = limit if params.ignore_eos else min(params.min_tokens, limit)
+    return kwargs
 
 
 def create(model: ModelConfig) -> TransformersBackend:

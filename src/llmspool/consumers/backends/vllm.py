@@ -29,13 +29,25 @@ from llmspool.consumers.backends.base import (
     NoEmbeddings,
     Prompt,
     SamplingParams,
+    generation_budget,
     prompt_of,
     sampling_params,
 )
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import ConfigError, EngineError, UnsupportedCapability
+from llmspool.shared.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    UnsupportedCapability,
+)
 from llmspool.shared.messages import Job
-from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.protocol import (
+    ChatCompletionTokenLogprob,
+    FinishReason,
+    TopLogprob,
+    Usage,
+)
 
 MISSING = (
     "the vllm backend needs vLLM: pip install 'llmspool[vllm]' "
@@ -78,6 +90,7 @@ class VllmBackend(NoEmbeddings):
         self._engine: Any = engine
         self._make_params = make_params
         self._tokenizer: Any = None
+        self.max_model_len: int | None = options.max_model_len
 
     async def start(self) -> None:
         if self._engine is None or self._make_params is None:
@@ -86,6 +99,8 @@ class VllmBackend(NoEmbeddings):
             self._engine, self._make_params = built
         tokenizer = self._engine.get_tokenizer()
         self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        config = getattr(self._engine, "model_config", None)
+        self.max_model_len = getattr(config, "max_model_len", None) or self.max_model_len
 
     async def stop(self) -> None:
         engine, self._engine = self._engine, None
@@ -99,21 +114,24 @@ class VllmBackend(NoEmbeddings):
     async def _generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta]:
         if self._engine is None or self._make_params is None:
             raise EngineError("the vllm backend is not started")
-        ids = self.tokenize(prompt)
+        ids = self.tokenize(prompt, params)
+        if self.max_model_len is not None:  # refused here at once, as vLLM's server does
+            generation_budget(params, len(ids), self.max_model_len, prompt.is_chat)
         request_id = f"llmspool-{uuid.uuid4().hex}"
-        reader = OutputReader(prompt_tokens=len(ids))
-        vllm_params = self._make_params(**sampling_kwargs(params))
+        reader = OutputReader(prompt_tokens=len(ids), logprobs=params.logprobs)
         try:
-            async for output in self._engine.generate(
-                {"prompt_token_ids": ids}, vllm_params, request_id
-            ):
+            vllm_params = self._make_params(**sampling_kwargs(params))
+            outputs = self._engine.generate({"prompt_token_ids": ids}, vllm_params, request_id)
+            async for output in outputs:
                 for delta in reader.read(output):
                     yield delta
+        except ValueError as exc:  # vLLM refusing the request (too long, a bad parameter)
+            raise request_error(exc, prompt.is_chat) from exc
         finally:
             if not reader.finished:  # cancelled, or the consumer went away: free the slot
                 await self._engine.abort(request_id)
 
-    def tokenize(self, prompt: Prompt) -> list[int]:
+    def tokenize(self, prompt: Prompt, params: SamplingParams | None = None) -> list[int]:
         """The token ids the engine is given: chat through the tokenizer's chat template."""
         tokenizer = self._tokenizer
         if prompt.text is not None:
@@ -124,11 +142,20 @@ class VllmBackend(NoEmbeddings):
                 f"the model '{self.model.name}' has no chat template; use /v1/completions"
             )
         messages = [m.model_dump(include={"role", "content"}) for m in prompt.messages]
+        extra = dict(params.chat_template_kwargs) if params is not None else {}
         rendered = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
+            messages, add_generation_prompt=True, tokenize=True, **extra
         )
         # transformers 5 returns a BatchEncoding here, older releases a list of ids.
         return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+
+
+def request_error(exc: ValueError, chat: bool) -> InvalidRequest:
+    """A ValueError vLLM raised for a request: over the context, or a bad parameter."""
+    message = str(exc)
+    if "maximum model length" in message or "max_model_len" in message:
+        return ContextLengthExceeded(message, param="messages" if chat else "prompt")
+    return InvalidRequest(f"vLLM refused the request: {message}")
 
 
 def _build_engine(model: ModelConfig, options: Options) -> tuple[Any, Callable[..., Any]]:
@@ -174,8 +201,9 @@ def engine_args(model: ModelConfig, options: Options) -> dict[str, Any]:
 
 
 def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """vLLM ``SamplingParams`` arguments for a job's parameters, one to one."""
-    return {
+    """vLLM ``SamplingParams`` arguments for a job's parameters, one to one (the extensions
+    only when set, so vLLM's own defaults stay)."""
+    kwargs: dict[str, Any] = {
         "n": 1,
         "max_tokens": params.max_tokens,
         "temperature": params.temperature,
@@ -185,15 +213,27 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "presence_penalty": params.presence_penalty,
         "frequency_penalty": params.frequency_penalty,
     }
+    optional = {
+        "logprobs": params.logprobs,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repetition_penalty": params.repetition_penalty,
+        "min_tokens": params.min_tokens or None,
+        "ignore_eos": params.ignore_eos or None,
+        "stop_token_ids": list(params.stop_token_ids) or None,
+        "logit_bias": dict(params.logit_bias) or None,
+    }
+    return kwargs | {name: value for name, value in optional.items() if value is not None}
 
 
 class OutputReader:
     """Turns the engine's delta ``RequestOutput`` objects into :class:`Delta` objects."""
 
-    def __init__(self, prompt_tokens: int) -> None:
+    def __init__(self, prompt_tokens: int, logprobs: int | None = None) -> None:
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
         self.finished = False
+        self.logprobs = logprobs
 
     def read(self, output: Any) -> list[Delta]:
         """The deltas of one engine output: its new text, and the final delta when done."""
@@ -202,11 +242,20 @@ class OutputReader:
         completion = output.outputs[0]
         tokens = len(completion.token_ids)
         self.completion_tokens += tokens
-        deltas = [Delta(text=completion.text, tokens=tokens)] if completion.text else []
+        logprobs = self._logprobs(completion)
+        deltas = []
+        if completion.text or logprobs:
+            deltas.append(Delta(text=completion.text, tokens=tokens, logprobs=logprobs))
         if output.finished:
             self.finished = True
             deltas.append(Delta(finish_reason=finish_reason(completion), usage=self.usage()))
         return deltas
+
+    def _logprobs(self, completion: Any) -> list[ChatCompletionTokenLogprob] | None:
+        if self.logprobs is None or not getattr(completion, "logprobs", None):
+            return None
+        pairs = zip(completion.token_ids, completion.logprobs, strict=False)
+        return [token_logprob(token, position, self.logprobs) for token, position in pairs]
 
     def usage(self) -> Usage:
         return Usage(
@@ -214,6 +263,29 @@ class OutputReader:
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
         )
+
+
+def token_logprob(token: int, position: Any, top: int) -> ChatCompletionTokenLogprob:
+    """One position of vLLM's logprobs ({token id: Logprob}) in OpenAI's shape."""
+    chosen = position[token]
+    ranked = sorted(
+        (entry for entry in position.values() if entry.rank is not None and entry.rank <= top),
+        key=lambda entry: entry.rank,
+    )
+    text = chosen.decoded_token or ""
+    return ChatCompletionTokenLogprob(
+        token=text,
+        logprob=chosen.logprob,
+        bytes=list(text.encode()),
+        top_logprobs=[
+            TopLogprob(
+                token=entry.decoded_token or "",
+                logprob=entry.logprob,
+                bytes=list((entry.decoded_token or "").encode()),
+            )
+            for entry in ranked
+        ],
+    )
 
 
 def finish_reason(completion: Any) -> FinishReason:

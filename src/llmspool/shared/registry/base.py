@@ -34,6 +34,8 @@ class WorkerInfo(BaseModel):
     state: str = "serving"
     #: ``host:port`` of the worker's own /metrics ("" when it serves none).
     metrics: str = ""
+    #: The engine's context length in tokens (0: it did not say).
+    max_model_len: int = 0
 
     def to_mapping(self) -> dict[str, str]:
         return {name: str(value) for name, value in self.model_dump().items()}
