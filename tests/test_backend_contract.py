@@ -19,7 +19,8 @@ import pytest_asyncio
 
 from llmspool.consumers.backends import create_backend
 from llmspool.consumers.backends.base import Backend, Delta
-from llmspool.shared.errors import ConfigError
+from llmspool.shared import capabilities
+from llmspool.shared.errors import ConfigError, InvalidRequest
 from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.protocol import ChatCompletionRequest, CompletionRequest
 from tests.engines import SPECS, EngineSpec, Resources
@@ -207,6 +208,53 @@ async def test_embeddings_or_a_clear_refusal(
         assert abs(sum(x * x for x in vector) - 1.0) < 1e-3  # L2-normalised
     assert max(abs(a - b) for a, b in zip(vectors[0], vectors[2], strict=True)) < 1e-3
     assert vectors[0] != vectors[1]
+
+
+async def test_a_prompt_over_the_context_is_a_request_error(backend: Backend) -> None:
+    """The request's fault, found by the backend or its engine: a 400 the worker settles at
+    once (never a retry, never the dead stream)."""
+    with pytest.raises(InvalidRequest) as caught:
+        await run(backend, completion_job("word " * 3000, max_tokens=4))
+    assert caught.value.code == "context_length_exceeded"
+    _, final = await run(backend, completion_job(max_tokens=2))  # and the engine goes on
+    assert final.finish_reason is not None
+
+
+async def test_logprobs_of_each_token_with_alternatives(backend: Backend) -> None:
+    deltas = [
+        d async for d in backend.generate(completion_job(max_tokens=4, temperature=0, logprobs=2))
+    ]
+    check_shape(deltas)
+    tokens = [token for d in deltas for token in d.logprobs or []]
+    assert tokens, "no logprobs"
+    assert "".join(t.token for t in tokens).startswith("".join(d.text for d in deltas)[:1])
+    for token in tokens:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 2
+        assert token.top_logprobs[0].logprob >= token.logprob - 1e-3  # greedy: the likeliest
+    plain = [d async for d in backend.generate(completion_job(max_tokens=2, temperature=0))]
+    assert all(d.logprobs is None for d in plain)
+
+
+async def test_every_parameter_of_its_row_runs(
+    backend: Backend, engine: tuple[EngineSpec, Resources]
+) -> None:
+    """The sampling parameters shared/capabilities.py says the backend honours reach it."""
+    row = capabilities.of(engine[0].backend)
+    wanted = {
+        "top_k": 5,
+        "min_p": 0.05,
+        "repetition_penalty": 1.1,
+        "min_tokens": 2,
+        "stop_token_ids": [3],
+        "logit_bias": {"5": -1.0},
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.1,
+    }
+    honoured = {name: value for name, value in wanted.items() if row.honours(name)}
+    _, final = await run(backend, completion_job(max_tokens=4, temperature=0.7, seed=3, **honoured))
+    assert final.usage is not None and final.usage.completion_tokens <= 4
+    if "min_tokens" in honoured:
+        assert final.usage.completion_tokens >= 2 or final.finish_reason == "stop"
 
 
 async def test_starts_and_stops_cleanly(engine: tuple[EngineSpec, Resources]) -> None:

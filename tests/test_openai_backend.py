@@ -12,6 +12,7 @@ from llmspool.consumers.backends.openai import OpenAIBackend, Options, upstream_
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
     ConfigError,
+    ContextLengthExceeded,
     EngineError,
     InvalidRequest,
     ServiceUnavailable,
@@ -80,8 +81,8 @@ async def test_upstream_failures_reach_the_job_clearly(upstream: LlamaServer) ->
         request_id="r", kind=JobKind.COMPLETION, model="proxy", body=body, deadline=time.time() + 60
     )
     try:
-        # Over its context, llama.cpp's server answers 200 and an empty stream.
-        with pytest.raises(EngineError, match="without a finish reason"):
+        # Over its context, llama.cpp's server answers 200 and an empty stream: a 400 here.
+        with pytest.raises(ContextLengthExceeded, match="without a reply"):
             [d async for d in backend.generate(job)]
         # Started without embeddings, it answers 500 with its own message.
         with pytest.raises(EngineError, match=r"upstream error 500: .*embedding=True"):

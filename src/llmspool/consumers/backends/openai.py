@@ -246,7 +246,13 @@ class ChunkReader:
         return Delta(text=text, tokens=1, logprobs=logprobs)
 
     def final(self) -> Delta:
-        if self.finish_reason is None:  # e.g. llama.cpp's server on a prompt over its context
+        if self.finish_reason is None and self.pieces == 0 and self.usage is None:
+            # llama.cpp's server answers a prompt over its context with 200 and nothing more
+            raise ContextLengthExceeded(
+                "the upstream ended its stream without a reply: the prompt is likely longer "
+                "than its context"
+            )
+        if self.finish_reason is None:
             raise EngineError("the upstream stream ended without a finish reason")
         usage = self.usage or Usage(completion_tokens=self.pieces, total_tokens=self.pieces)
         return Delta(finish_reason=self.finish_reason, usage=usage)
