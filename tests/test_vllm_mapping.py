@@ -26,7 +26,13 @@ from llmspool.consumers.backends.vllm import (
     sampling_kwargs,
 )
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import ConfigError, EngineError, UnsupportedCapability
+from llmspool.shared.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    UnsupportedCapability,
+)
 from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -36,10 +42,18 @@ MODEL = ModelConfig(
 
 
 @dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
 class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
+    logprobs: list[dict[int, Logprob]] | None = None
 
 
 @dataclass
@@ -132,6 +146,81 @@ def test_sampling_parameters_map_one_to_one() -> None:
         "presence_penalty": 0.5,
         "frequency_penalty": -0.25,
     }
+
+
+def test_vllms_extensions_map_when_set() -> None:
+    params = SamplingParams(
+        max_tokens=None,
+        logprobs=3,
+        top_k=20,
+        min_p=0.1,
+        repetition_penalty=1.2,
+        min_tokens=4,
+        ignore_eos=True,
+        stop_token_ids=(7, 8),
+        logit_bias=((5, -2.0),),
+    )
+    kwargs = sampling_kwargs(params)
+    assert kwargs["max_tokens"] is None  # vLLM: the rest of the context
+    assert {k: kwargs[k] for k in ("logprobs", "top_k", "min_p", "min_tokens")} == {
+        "logprobs": 3,
+        "top_k": 20,
+        "min_p": 0.1,
+        "min_tokens": 4,
+    }
+    assert kwargs["repetition_penalty"] == 1.2 and kwargs["ignore_eos"] is True
+    assert kwargs["stop_token_ids"] == [7, 8] and kwargs["logit_bias"] == {5: -2.0}
+    plain = sampling_kwargs(SamplingParams(max_tokens=3))
+    assert "top_k" not in plain and "logprobs" not in plain  # vLLM's own defaults stay
+
+
+def test_logprobs_become_openais_shape() -> None:
+    position = {
+        42: Logprob(-0.5, rank=2, decoded_token=" b"),
+        41: Logprob(-0.2, rank=1, decoded_token=" a"),
+        40: Logprob(-3.0, rank=3, decoded_token=" c"),
+    }
+    reader = OutputReader(prompt_tokens=1, logprobs=2)
+    deltas = reader.read(Output([Completion(" b", [42], logprobs=[position])]))
+    token = (deltas[0].logprobs or [])[0]
+    assert (token.token, token.logprob, token.bytes) == (" b", -0.5, list(b" b"))
+    assert [(t.token, t.logprob) for t in token.top_logprobs] == [(" a", -0.2), (" b", -0.5)]
+
+
+async def test_a_prompt_over_max_model_len_is_refused_before_the_engine() -> None:
+    engine = Engine(["x"])
+    backend = await started(engine)
+    backend.max_model_len = 3
+    with pytest.raises(ContextLengthExceeded):
+        [d async for d in backend.generate(job(JobKind.COMPLETION, max_tokens=1))]
+    assert engine.requests == []
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "code"),
+    [
+        (
+            "The decoder prompt (length 5000) is longer than the maximum model length of 1024.",
+            ContextLengthExceeded,
+            "context_length_exceeded",
+        ),
+        ("min_p must be in [0, 1], got 2.", InvalidRequest, None),
+    ],
+)
+async def test_the_engines_value_errors_are_request_errors(
+    message: str, error: type[Exception], code: str | None
+) -> None:
+    engine = Engine(["x"])
+    backend = await started(engine)
+
+    async def refuse(*args: Any) -> AsyncIterator[Output]:
+        raise ValueError(message)
+        yield  # an async generator, like AsyncLLM.generate
+
+    engine.generate = refuse  # type: ignore[method-assign]
+    with pytest.raises(error) as caught:
+        [d async for d in backend.generate(job(max_tokens=1))]
+    assert isinstance(caught.value, InvalidRequest) and caught.value.code == code
 
 
 def test_engine_args_take_max_num_seqs_from_the_config() -> None:
