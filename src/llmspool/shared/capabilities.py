@@ -2,8 +2,9 @@
 
 A request parameter is honoured by the model's backend or refused with a 400 naming it, never
 silently dropped. The table is static and keyed by backend name, so the API checks requests
-without importing any backend (the backends import nothing from here but honour exactly what
-their row says; tests/test_capabilities.py holds each backend to its row).
+without importing any backend. Each backend honours exactly what its row says: the contract
+suite (tests/test_backend_contract.py) runs every parameter of each row on its engine, and
+tests/test_capabilities.py checks that every other one is refused by name.
 
 A parameter set to a value that means "not set" (:data:`NOT_SET`) is accepted everywhere.
 Fields a request model does not declare are refused, unless the backend passes them through
