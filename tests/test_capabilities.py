@@ -10,7 +10,7 @@ import pytest
 from llmspool.shared import capabilities
 from llmspool.shared.checks import check_request
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import InvalidRequest, UnsupportedParameter
+from llmspool.shared.errors import UnsupportedParameter
 from llmspool.shared.messages import JobKind
 from llmspool.shared.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -90,20 +90,6 @@ def test_not_set_values_pass_everywhere() -> None:
     body = chat(n=1, logprobs=False, store=False, service_tier="auto", stop_token_ids=[])
     for backend in capabilities.TABLE:
         check_request(body, model(backend), JobKind.CHAT)
-
-
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        (chat(top_logprobs=2), "top_logprobs"),
-        (CompletionRequest(model="m", prompt="p", echo=True, logprobs=1), "echo"),
-    ],
-)
-def test_parameters_that_do_not_go_together(body: Any, param: str) -> None:
-    kind = JobKind.CHAT if isinstance(body, ChatCompletionRequest) else JobKind.COMPLETION
-    with pytest.raises(InvalidRequest) as caught:
-        check_request(body, model("llama_cpp"), kind)
-    assert caught.value.param == param
 
 
 def test_the_model_card_lists_features_and_parameters() -> None:

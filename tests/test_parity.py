@@ -89,9 +89,13 @@ def test_n_choices_streamed_interleaved(client: openai.OpenAI) -> None:
 
 
 def test_n_on_completions_with_echo(client: openai.OpenAI) -> None:
-    reply = client.completions.create(model="fake", prompt="say it", n=2, max_tokens=3, echo=True)
+    reply = client.completions.create(
+        model="fake", prompt="say it", n=2, max_tokens=3, echo=True, logprobs=1
+    )
     assert [c.index for c in reply.choices] == [0, 1]
-    assert all(c.text.startswith("say it") for c in reply.choices)
+    for choice in reply.choices:
+        assert choice.text.startswith("say it") and choice.logprobs is not None
+        assert choice.logprobs.text_offset and choice.logprobs.text_offset[0] == len("say it")
 
 
 # --------------------------------------------------------------------------- logprobs
@@ -169,7 +173,6 @@ def test_completion_logprobs_in_the_legacy_shape(client: openai.OpenAI, stack: S
         ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
         ({"modalities": ["audio"]}, "modalities"),
         ({"guided_regex": "a+"}, "guided_regex"),
-        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs
     ],
 )
 def test_refused_parameters_are_named(stack: Stack, body: dict[str, object], param: str) -> None:

@@ -153,12 +153,3 @@ def refused_parameters(body: BaseModel, backend: str) -> list[str]:
     if not caps.passthrough:
         refused += [name for name in body.model_extra or {} if not caps.honours(name)]
     return refused
-
-
-def conflicting_parameters(body: BaseModel) -> tuple[str, str] | None:
-    """A parameter that needs another one, or cannot go with it: (param, why)."""
-    if getattr(body, "top_logprobs", None) and not getattr(body, "logprobs", None):
-        return "top_logprobs", "'top_logprobs' needs 'logprobs': true."
-    if getattr(body, "echo", None) and getattr(body, "logprobs", None) is not None:
-        return "echo", "'echo' with 'logprobs' (the prompt's logprobs) is not supported."
-    return None

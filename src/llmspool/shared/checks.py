@@ -85,6 +85,3 @@ def check_parameters(body: RequestBody, model: ModelConfig) -> None:
             f"'{model.name}'; remove it from the request.",
             param=param,
         )
-    conflict = capabilities.conflicting_parameters(body)
-    if conflict is not None:
-        raise InvalidRequest(conflict[1], param=conflict[0], code="invalid_parameter")

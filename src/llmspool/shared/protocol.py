@@ -109,8 +109,9 @@ class ChatCompletionRequest(RequestModel):
         return self.max_completion_tokens or self.max_tokens
 
     def top_logprobs_wanted(self) -> int | None:
-        """Alternatives per token to report; None: no logprobs at all."""
-        return (self.top_logprobs or 0) if self.logprobs else None
+        """Alternatives per token to report; None: no logprobs at all (``top_logprobs`` > 0
+        asks for logprobs too, rather than being refused)."""
+        return (self.top_logprobs or 0) if self.logprobs or self.top_logprobs else None
 
 
 class CompletionRequest(RequestModel):

@@ -83,13 +83,21 @@ def completion(
             CompletionChoice(
                 index=i,
                 text=choice.text,
-                logprobs=None if choice.logprobs is None else completion_logprobs(choice.logprobs),
+                logprobs=None
+                if choice.logprobs is None
+                else completion_logprobs(choice.logprobs, _echoed(choice)),
                 finish_reason=choice.finish_reason,
             )
             for i, choice in enumerate(fold(frames))
         ],
         usage=usage or Usage(),
     )
+
+
+def _echoed(choice: Choice) -> int:
+    """Characters before the first token with a logprob: an echoed prompt."""
+    made = sum(len(token.token) for token in choice.logprobs or [])
+    return max(len(choice.text) - made, 0)
 
 
 def completion_logprobs(
