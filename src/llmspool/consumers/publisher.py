@@ -104,8 +104,9 @@ class ReplyStream:
 
     def end_choice(self, index: int, finish_reason: FinishReason) -> None:
         """Choice ``index`` ended while others go on (``n`` > 1)."""
-        self._close(index)
-        self.closed.append(self._frame(finish_reason=finish_reason, index=index, more=True))
+        self._close(index)  # the buffer now holds this choice's text, which ends with it
+        ending = self._frame(finish_reason=finish_reason, index=index or None, more=True)
+        self.closed.append(self._take(ending))
         self._publisher.mark(self, urgent=False)
 
     async def finish(

@@ -127,9 +127,10 @@ def _error_schemas() -> dict[str, Any]:
 
 def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config) -> None:
     lengths = [model.context_length for model in config.models if model.context_length]
+    for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"):
+        _document_parameters(schemas.get(name, {}), config)
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         props = schemas.get(name, {}).get("properties", {})
-        _document_parameters(props, config)
         if len(lengths) == len(config.models):  # else an engine's length: the spec cannot know
             for field in ("max_tokens", "max_completion_tokens"):
                 _bound(props.get(field, {}), "integer", "maximum", max(lengths))
@@ -140,10 +141,13 @@ def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config
         upload["file"]["minLength"] = 1
 
 
-def _document_parameters(props: dict[str, Any], config: Config) -> None:
-    """Offer only the "not set" values of parameters no configured model's backend honours."""
+def _document_parameters(schema: dict[str, Any], config: Config) -> None:
+    """Offer only the "not set" values of parameters no configured model's backend honours,
+    and no unknown field unless a backend passes them on (see shared/capabilities.py)."""
     rows = [capabilities.of(model.backend) for model in config.models]
-    for name, prop in props.items():
+    if schema and not any(row.passthrough for row in rows):
+        schema["additionalProperties"] = False
+    for name, prop in schema.get("properties", {}).items():
         if any(row.honours(name) for row in rows):
             continue
         kept = {k: v for k, v in prop.items() if k in ("title", "description")}
