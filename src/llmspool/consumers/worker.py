@@ -10,9 +10,11 @@ Interactive jobs come first: the batch stream is read only when the requests str
 nothing waiting, and batch lines never take the last ``batch_reserve`` slots; a batch line is
 acknowledged once its result is recorded (:mod:`llmspool.consumers.batching`).
 
-A job is acknowledged only after its final frame is published. A job whose engine raised is
-handed back for another attempt; after ``max_attempts`` it goes to the dead stream (see
-:mod:`llmspool.consumers.delivery` for leases, attempts and trimming).
+A job of ``n`` choices runs ``n`` generations (:mod:`llmspool.consumers.choices`). A job is
+acknowledged only after its final frame is published. An error the request caused (an
+``LLMSpoolError``, such as a prompt over the context) is its reply, at once; a job whose
+engine raised anything else is handed back for another attempt; after ``max_attempts`` it goes
+to the dead stream (see :mod:`llmspool.consumers.delivery` for leases, attempts and trimming).
 """
 
 from __future__ import annotations
