@@ -227,7 +227,6 @@ async def test_logprobs_of_each_token_with_alternatives(backend: Backend) -> Non
     check_shape(deltas)
     tokens = [token for d in deltas for token in d.logprobs or []]
     assert tokens, "no logprobs"
-    assert "".join(t.token for t in tokens).startswith("".join(d.text for d in deltas)[:1])
     for token in tokens:
         assert token.logprob <= 0 and len(token.top_logprobs) == 2
         assert token.top_logprobs[0].logprob >= token.logprob - 1e-3  # greedy: the likeliest
