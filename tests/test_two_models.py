@@ -28,13 +28,16 @@ def test_the_example_serves_both_models_side_by_side(stack_factory: StackFactory
     stack.start_worker("fake")
     client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="none", max_retries=0)
 
-    listed = {m.id: m.model_extra["llmspool"] for m in client.models.list()}  # type: ignore[index]
-    assert listed["gemma-3-270m"] == {
+    cards = {m.id: m.model_extra for m in client.models.list()}
+    listed = {name: card["llmspool"] for name, card in cards.items()}  # type: ignore[index]
+    gemma = listed["gemma-3-270m"]
+    assert {k: gemma[k] for k in ("backend", "capabilities", "workers", "status")} == {
         "backend": "llama_cpp",
         "capabilities": ["chat", "completion", "embedding"],
         "workers": 1,
         "status": "online",
     }
+    assert cards["gemma-3-270m"]["max_model_len"] == 2048  # type: ignore[index]  # llama.cpp's n_ctx
     assert listed["fake"]["backend"] == "fake" and listed["fake"]["workers"] == 1
 
     for model in ("gemma-3-270m", "fake"):
