@@ -11,8 +11,9 @@ import pytest
 import pytest_asyncio
 
 from llmspool.consumers.backends.base import Prompt
-from llmspool.consumers.backends.llama_cpp import LlamaCppBackend, Options
+from llmspool.consumers.backends.llama_cpp import LlamaCppBackend, Options, request_error
 from llmspool.shared.config import default_config
+from llmspool.shared.errors import InvalidRequest
 from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.protocol import ChatCompletionRequest, ChatMessage
 from llmspool.shared.settings import Settings
@@ -116,3 +117,15 @@ def test_openai_client_through_redis(stack_factory: StackFactory) -> None:
     assert struct.unpack(f"<{len(raw) // 4}f", raw) == pytest.approx(
         embedded.data[0].embedding, abs=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("Requested tokens (3000) exceed context window of 2048", "context_length_exceeded"),
+        ("something else the engine refused", None),
+    ],
+)
+def test_the_engines_value_errors_are_request_errors(message: str, code: str | None) -> None:
+    error = request_error(ValueError(message), chat=True)
+    assert isinstance(error, InvalidRequest) and error.code == code and error.status_code == 400

@@ -52,6 +52,21 @@ def test_upstream_status_errors_map_to_llmspool_errors(
     assert f"upstream error {status}" in error.message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "too long", "code": "context_length_exceeded"}},  # OpenAI's
+        {"object": "error", "message": "This model's maximum context length is 1024 tokens."},
+    ],
+)
+def test_an_upstreams_too_long_prompt_is_context_length_exceeded(body: object) -> None:
+    request = httpx.Request("POST", "http://upstream/v1/chat/completions")
+    response = httpx.Response(400, request=request, json=body)
+    message = str(body)  # the client's message quotes the body
+    error = upstream_error(openai.APIStatusError(message, response=response, body=body))
+    assert isinstance(error, ContextLengthExceeded) and error.status_code == 400
+
+
 def test_a_rejected_parameter_keeps_its_name() -> None:
     error = upstream_error(status_error(400, {"error": {"message": "bad", "param": "top_p"}}))
     assert error.param == "top_p"
