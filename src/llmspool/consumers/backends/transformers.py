@@ -34,7 +34,7 @@ from llmspool.consumers.backends.base import (
     sampling_params,
 )
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import ConfigError, EngineError, UnsupportedCapability
+from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest, UnsupportedCapability
 from llmspool.shared.messages import Job
 from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, TopLogprob, Usage
 
@@ -235,6 +235,8 @@ class _Run:
         finally:
             self.halt.set()  # also reached when the consumer stops iterating (a cancel)
             thread.join()
+        if isinstance(self.error, ValueError):  # generate() refusing what the request asked
+            raise InvalidRequest(f"transformers refused the request: {self.error}") from self.error
         if self.error is not None:
             raise self.error
         tail = "" if matcher.matched else matcher.flush()
