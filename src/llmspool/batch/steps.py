@@ -360,6 +360,7 @@ def create_worker(settings: Settings, config: Config) -> Worker:
         cron_jobs=[sweeper],
         redis_settings=RedisSettings.from_dsn(settings.resolved_redis_url()),
         queue_name=keys.BATCH_JOBS_QUEUE,
+        health_check_key=keys.BATCH_JOBS_HEALTH_CHECK,
         keep_result=0,
         job_timeout=timeout,
         poll_delay=0.1,
