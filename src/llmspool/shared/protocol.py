@@ -148,8 +148,6 @@ class EmbeddingRequest(RequestModel):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-GenerationRequest = ChatCompletionRequest | CompletionRequest
-
 # Parameters a request may name but no llmspool engine honours; each maps to the values that
 # are harmless (equal to "not set"). Anything else is refused with a 400 naming the param.
 _HARMLESS: dict[str, tuple[object, ...]] = {
