@@ -25,6 +25,7 @@ from llmspool.batch.models import (
     BatchUsage,
     FileObject,
     Page,
+    Record,
 )
 from llmspool.shared import commands, keys
 from llmspool.shared.errors import NotFound
@@ -305,14 +306,14 @@ class BatchStore:
         return _s(verdict)
 
     async def record(
-        self, batch_id: str, line: int, result: dict[str, Any], *, ok: bool, tokens: tuple[int, int]
+        self, batch_id: str, line: int, result: Record, *, ok: bool, tokens: tuple[int, int]
     ) -> int:
         """Record ``line``'s result once; see ``_RECORD`` for the answer."""
         args = [line, orjson.dumps(result), "completed" if ok else "failed", *tokens]
         answer = await self._record(keys=self._line_keys(batch_id), args=args)
         return int(answer)
 
-    async def results(self, batch_id: str) -> dict[int, dict[str, Any]]:
+    async def results(self, batch_id: str) -> dict[int, Record]:
         raw = await commands.hgetall(self.redis, keys.batch_results(batch_id))
         return {int(_s(line)): orjson.loads(value) for line, value in raw.items()}
 

@@ -23,6 +23,9 @@ from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
 from llmspool.shared.streams import ensure_groups
 
+#: An OpenAPI document or a part of it, as FastAPI's get_openapi builds it.
+Schema = dict[str, Any]
+
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     return app
 
 
-def _openapi(app: FastAPI, settings: Settings, config: Config) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: Settings, config: Config) -> Schema:
     """FastAPI's spec, made to say what the API enforces: our 400 instead of the default 422,
     and the limits that come from settings and models (max_tokens up to the largest context)."""
     if app.openapi_schema is None:
@@ -103,7 +106,7 @@ _ANY_ROUTE_ERRORS = {
 }
 
 
-def _document_errors(responses: dict[str, Any]) -> None:
+def _document_errors(responses: Schema) -> None:
     """Replace FastAPI's 422 by the errors the app really returns, on every operation."""
     responses.pop("422", None)
     body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
@@ -111,7 +114,7 @@ def _document_errors(responses: dict[str, Any]) -> None:
         responses.setdefault(code, {"description": description, "content": body})
 
 
-def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+def _add_schema(schemas: Schema, model: type[BaseModel]) -> None:
     """``model``'s input schema and the models it uses, as components (those FastAPI already
     put there are kept)."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -120,12 +123,12 @@ def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
     schemas[model.__name__] = schema
 
 
-def _error_schemas() -> dict[str, Any]:
+def _error_schemas() -> Schema:
     defs = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     return {**defs.pop("$defs", {}), "ErrorResponse": defs}
 
 
-def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config) -> None:
+def _document_limits(schemas: Schema, settings: Settings, config: Config) -> None:
     context = max(model.context_length for model in config.models)
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         props = schemas.get(name, {}).get("properties", {})
@@ -138,7 +141,7 @@ def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config
         upload["file"]["minLength"] = 1
 
 
-def _bound(prop: dict[str, Any], kind: str, keyword: str, limit: int) -> None:
+def _bound(prop: Schema, kind: str, keyword: str, limit: int) -> None:
     """Set ``keyword`` on ``prop`` or on its ``anyOf`` branch of type ``kind``."""
     for branch in [prop, *prop.get("anyOf", [])]:
         if branch.get("type") == kind:

@@ -63,6 +63,7 @@ from llmspool.shared.redis import UNAVAILABLE
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 
+# FastAPI's type for a route's documented responses
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 500, 503, 504)
 }
@@ -78,8 +79,9 @@ _EMBEDDINGS = {200: {"model": EmbeddingList}, **_ERRORS}
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses its own body (see :func:`_parse`);
-    app._openapi adds the model's schema to the spec's components."""
+    """The OpenAPI request body (a JSON fragment, as FastAPI's ``openapi_extra`` takes it) of a
+    route that parses its own body (see :func:`_parse`); app._openapi adds the model's schema
+    to the spec's components."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 

@@ -49,9 +49,9 @@ class ApiKey(BaseModel):
 
     @classmethod
     def from_hash(cls, data: dict[bytes, bytes] | dict[str, str]) -> ApiKey:
-        fields: dict[str, Any] = {_text(k): _text(v) for k, v in data.items()}
-        fields["models"] = tuple(m for m in fields.get("models", "").split(",") if m)
-        return cls.model_validate(fields)
+        fields = {_text(k): _text(v) for k, v in data.items()}
+        models = tuple(m for m in fields.pop("models", "").split(",") if m)
+        return cls.model_validate({**fields, "models": models})
 
 
 def digest(secret: str) -> str:
