@@ -119,8 +119,8 @@ def features(app: FastAPI) -> dict[str, bool]:
     paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})  # FastAPI's schema type
     served = {
         (method.upper(), _PARAMETER.sub("{}", path))
-        for path, operations in paths.items()
-        for method in operations
+        for path, methods in paths.items()
+        for method in methods
     }
     return {name: route in served for name, route in FEATURES.items()}
 

@@ -76,6 +76,7 @@ _SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
 _CHAT = {200: {"model": ChatCompletion, "content": _SSE}, **_ERRORS}
 _COMPLETION = {200: {"model": Completion, "content": _SSE}, **_ERRORS}
 _EMBEDDINGS = {200: {"model": EmbeddingList}, **_ERRORS}
+_EVENTS = {200: {"description": "The reply as SSE chunks.", "content": _SSE}, **_ERRORS}
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -140,7 +141,11 @@ async def embeddings(body: EmbeddingRequest, request: Request, producer: Produce
     return _embedding_list(reply, final, body.encoding_format)
 
 
-@router.get("/v1/requests/{request_id}/events", response_model=None, responses=_ERRORS)
+@router.get(
+    "/v1/requests/{request_id}/events",
+    response_model=None,
+    responses=_EVENTS,
+)
 async def request_events(
     request_id: str,
     producer: ProducerDep,
