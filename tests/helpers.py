@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from llmspool.shared import keys
 from llmspool.shared.redis import connect
 from llmspool.shared.registry import WorkerInfo, open_registry
 from llmspool.shared.settings import Settings
@@ -38,6 +39,20 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+async def async_wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Await ``predicate()`` until it is true, for at most ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:  # a condition in another process: polled, as wait_until does
+                if await predicate():
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}") from None
 
 
 @dataclass
@@ -343,13 +358,11 @@ class Stack:
         """The arq worker running the batch lifecycle (jobs wait in Redis until it runs);
         ``wait``: until it has joined its queue (arq's health-check key)."""
         client = self.redis.client()
-        client.delete("llmspool:batchjobs:health-check")
+        client.delete(keys.BATCH_JOBS_HEALTH_CHECK)
         process = self.spawn("batch-worker", log="batch-worker.log")
         if wait:
             wait_until(
-                lambda: (
-                    client.exists("llmspool:batchjobs:health-check") or process.poll() is not None
-                ),
+                lambda: client.exists(keys.BATCH_JOBS_HEALTH_CHECK) or process.poll() is not None,
                 60,
                 what="the batch worker",
             )
@@ -379,9 +392,23 @@ class Stack:
         """Tokens the engines of ``model``'s live workers generated (their registry entries)."""
         return sum(w.engine_tokens for w in self.live_workers() if w.model == model)
 
+    def heartbeats(self, model: str, count: int = 2) -> None:
+        """Wait for ``count`` heartbeats of each of ``model``'s live workers from now: their
+        registry entries (``engine_tokens``) then tell what the engines did until now and
+        for a heartbeat after."""
+
+        def oldest_beat() -> float:
+            beats = [w.last_beat for w in self.live_workers() if w.model == model]
+            return min(beats, default=0.0)
+
+        since = time.time()
+        for _ in range(count):
+            wait_until(lambda after=since: oldest_beat() > after, 30, what=f"a beat of {model}")
+            since = oldest_beat()
+
     def pending(self, model: str) -> int:
         """Jobs of ``model`` delivered to a worker and not yet acknowledged."""
-        summary = self.redis.client().xpending(f"llmspool:{{{model}}}:requests", "workers")
+        summary = self.redis.client().xpending(keys.requests_stream(model), keys.GROUP)
         return int(summary["pending"])
 
     def _healthy(self) -> bool:

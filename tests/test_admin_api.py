@@ -6,6 +6,7 @@ import httpx
 import openai
 import pytest
 
+from llmspool.shared import keys
 from tests.helpers import Stack, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,7 @@ def test_offline_gives_503_then_online_serves(fake_stack: Stack, client: openai.
         client.chat.completions.create(model="fake", messages=HI, max_tokens=2)
     assert info.value.status_code == 503
     assert info.value.body["code"] == "model_offline"
-    assert fake_stack.redis.cli("HGET", "llmspool:{fake}:control", "offline").strip() == "1"
+    assert fake_stack.redis.cli("HGET", keys.control("fake"), "offline").strip() == "1"
     httpx.post(f"{fake_stack.base_url}/admin/models/fake/online", timeout=10)
     reply = client.chat.completions.create(model="fake", messages=HI, max_tokens=2)
     assert reply.choices[0].finish_reason == "length"
@@ -44,7 +45,7 @@ def test_offline_gives_503_then_online_serves(fake_stack: Stack, client: openai.
 def test_scale_pin_and_auto_with_bounds(fake_stack: Stack) -> None:
     url = f"{fake_stack.base_url}/admin/models/fake/scale"
     assert httpx.post(url, json={"workers": 1}, timeout=10).json()["pin"] == 1
-    assert fake_stack.redis.cli("HGET", "llmspool:{fake}:control", "pin").strip() == "1"
+    assert fake_stack.redis.cli("HGET", keys.control("fake"), "pin").strip() == "1"
     too_many = httpx.post(url, json={"workers": 5}, timeout=10)
     assert too_many.status_code == 400 and "0..1" in too_many.json()["error"]["message"]
     assert httpx.post(url, json={"auto": True}, timeout=10).json()["pin"] is None

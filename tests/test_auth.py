@@ -13,7 +13,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from llmspool.shared import credentials
+from llmspool.shared import credentials, keys
 from llmspool.shared.settings import Settings
 from tests.batch_helpers import wait_status
 from tests.conftest import module_stack
@@ -92,7 +92,7 @@ def test_keys_scopes_and_revocation(keyed_stack: Stack) -> None:
     assert get(stack, "/admin/anything", admin).status_code == 404  # past the door
 
     # Redis holds digests only, never a key
-    dump = stack.redis.cli("--scan", "--pattern", "llmspool-auth:*")
+    dump = stack.redis.cli("--scan", "--pattern", f"{keys.AUTH_PREFIX}:*")
     assert user not in dump and admin not in dump
     listed = stack.cli("keys", "list")
     assert "alice" in listed and user not in listed

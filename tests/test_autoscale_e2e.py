@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from llmspool.shared import keys
 from tests.conftest import StackFactory
 from tests.helpers import Stack, wait_until
 
@@ -72,7 +73,7 @@ def test_burst_grows_zero_to_max_serves_all_and_returns_to_zero(
     watcher.done.set()
     watcher.join()
     assert watcher.peak == 3, stack.log("serve.log")
-    groups = stack.redis.client().xinfo_groups("llmspool:{burst}:requests")
+    groups = stack.redis.client().xinfo_groups(keys.requests_stream("burst"))
     assert groups[0]["lag"] == 0 and groups[0]["pending"] == 0
     metrics = httpx.get(f"{stack.base_url}/metrics", timeout=10).text
     assert 'llmspool:desired_workers{model_name="burst"} 0.0' in metrics
@@ -83,7 +84,7 @@ def test_killed_worker_is_restarted(
 ) -> None:
     """With each registry: the control loop counts live workers through it."""
     stack = start_serve(stack_factory, **registry_env)
-    stack.redis.client().hset("llmspool:{burst}:control", "pin", "1")
+    stack.redis.client().hset(keys.control("burst"), "pin", "1")
     wait_until(lambda: stack.consumers("burst") == 1, 60, what="the pinned worker")
     (worker,) = stack.live_workers()
     os.kill(worker.pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from llmspool.shared import keys
 from tests.conftest import StackFactory
 from tests.helpers import Stack, free_port, wait_until
 
@@ -32,27 +33,29 @@ def test_queue_and_workers_agree_with_redis_cli(stack_factory: StackFactory) -> 
         target=lambda: httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=60)
     )
     waiting.start()  # no worker yet: the job waits in the stream
-    wait_until(lambda: stack.redis.client().xlen("llmspool:{fake}:requests") == 1, 10)
+    wait_until(lambda: stack.redis.client().xlen(keys.requests_stream("fake")) == 1, 10)
 
     queue = json.loads(llmspool(stack, "queue", "fake", "--json").stdout)
-    group = xinfo_group(stack, "llmspool:{fake}:requests")
+    group = xinfo_group(stack, keys.requests_stream("fake"))
     assert queue["lag"] == int(group["lag"]) == 1
     assert queue["pending"] == int(group["pending"]) == 0
-    assert queue["streams"][0]["length"] == int(stack.redis.cli("XLEN", "llmspool:{fake}:requests"))
+    assert queue["streams"][0]["length"] == int(
+        stack.redis.cli("XLEN", keys.requests_stream("fake"))
+    )
     assert queue["oldest_age"] >= 0 and queue["dead"] == 0 and queue["backlog"] == 1
 
     stack.start_worker("fake")
     waiting.join(60)
     queue = json.loads(llmspool(stack, "queue", "fake", "--json").stdout)
-    group = xinfo_group(stack, "llmspool:{fake}:requests")
+    group = xinfo_group(stack, keys.requests_stream("fake"))
     assert queue["lag"] == int(group["lag"]) == 0 and queue["backlog"] == 0
     assert queue["oldest_age"] is None
 
     workers = json.loads(llmspool(stack, "workers", "--json").stdout)
-    keys = stack.redis.cli("--scan", "--pattern", "llmspool:worker:*").split()
-    assert sorted(f"llmspool:worker:{w['id']}" for w in workers) == sorted(keys)
+    names = stack.redis.cli("--scan", "--pattern", keys.worker_pattern()).split()
+    assert sorted(keys.worker(w["id"]) for w in workers) == sorted(names)
     for worker in workers:
-        key = f"llmspool:worker:{worker['id']}"
+        key = keys.worker(worker["id"])
         assert str(worker["in_flight"]) == stack.redis.cli("HGET", key, "in_flight").strip()
         assert str(worker["pid"]) == stack.redis.cli("HGET", key, "pid").strip()
     table = llmspool(stack, "workers").stdout
@@ -63,9 +66,9 @@ def test_models_scale_offline_and_errors(fake_stack: Stack) -> None:
     listed = json.loads(llmspool(fake_stack, "models", "--json").stdout)
     assert [m["name"] for m in listed] == ["fake"] and len(listed[0]["workers"]) == 1
     assert llmspool(fake_stack, "scale", "fake", "1").returncode == 0
-    assert fake_stack.redis.cli("HGET", "llmspool:{fake}:control", "pin").strip() == "1"
+    assert fake_stack.redis.cli("HGET", keys.control("fake"), "pin").strip() == "1"
     assert llmspool(fake_stack, "scale", "fake", "--auto").returncode == 0
-    assert fake_stack.redis.cli("HGET", "llmspool:{fake}:control", "pin").strip() == ""
+    assert fake_stack.redis.cli("HGET", keys.control("fake"), "pin").strip() == ""
 
     too_many = llmspool(fake_stack, "scale", "fake", "9")
     assert too_many.returncode == 1 and too_many.stderr.count("\n") == 1

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from llmspool.shared import keys
 from tests.conftest import FAKE_CONFIG
 from tests.helpers import RedisClusterServers, Stack, wait_until
 
@@ -66,14 +67,14 @@ def test_replies_are_sharded_not_broadcast(cluster_stack: Stack) -> None:
         lines = response.iter_lines()
         next(lines)
         request_id = response.headers["x-request-id"]
-        channel = f"llmspool:reply:{request_id}"
+        channel = keys.reply_channel(request_id)
         owners = [
             node
             for node in cluster_stack.redis.nodes  # type: ignore[union-attr]
-            if channel in node.cli("PUBSUB", "SHARDCHANNELS", "llmspool:reply:*")
+            if channel in node.cli("PUBSUB", "SHARDCHANNELS", keys.reply_channel("*"))
         ]
         assert len(owners) == 1  # subscribed on the shard that owns the slot, nowhere else
-        plain = [node.cli("PUBSUB", "CHANNELS", "llmspool:reply:*").strip() for node in owners]
+        plain = [node.cli("PUBSUB", "CHANNELS", keys.reply_channel("*")).strip() for node in owners]
         assert plain == [""]
     # leaving early cancelled the job on a worker (SPUBLISH on the cancel channel's shard)
     wait_until(lambda: _idle(cluster_stack), 30, what="the cancelled job to stop")
@@ -83,7 +84,7 @@ def _idle(stack: Stack) -> bool:
     client = stack.redis.client()
     return all(
         client.hget(key, "in_flight") in (None, "0")
-        for key in client.scan_iter(match="llmspool:worker:*")
+        for key in client.scan_iter(match=keys.worker_pattern())
     )
 
 
@@ -101,6 +102,6 @@ def test_a_killed_worker_leaves_the_others_serving(cluster_stack: Stack) -> None
 
 def test_model_keys_share_one_slot(cluster_stack: Stack, tmp_path: Path) -> None:
     client = cluster_stack.redis.client()
-    slots = {client.keyslot(k) for k in ("llmspool:{fake}:requests", "llmspool:{fake}:batch")}
+    slots = {client.keyslot(k) for k in (keys.requests_stream("fake"), keys.batch_stream("fake"))}
     assert len(slots) == 1
-    assert client.xinfo_groups("llmspool:{fake}:requests")[0]["name"] == "workers"
+    assert client.xinfo_groups(keys.requests_stream("fake"))[0]["name"] == keys.GROUP

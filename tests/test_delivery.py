@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmspool.shared import keys
 from tests.helpers import Event, RedisServer, Stack, chat, events, fake_text, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -144,7 +145,7 @@ def text_of(got: list[Event]) -> str:
 
 
 def stream_key(model: str) -> str:
-    return f"llmspool:{{{model}}}:requests"
+    return keys.requests_stream(model)
 
 
 def added(stack: Stack, model: str) -> int:
@@ -210,7 +211,7 @@ def test_poison_jobs_go_to_the_dead_stream(stack: Stack, pool: ThreadPoolExecuto
     assert response.status_code == 500 and "dead stream" in response.json()["error"]["message"]
 
     assert content(post(stack, chat("poison", "fine", 3))) == fake_text("fine", 3)
-    dead = stack.redis.client().xrange("llmspool:{poison}:dead")
+    dead = stack.redis.client().xrange(keys.dead_stream("poison"))
     assert len(dead) == 2
     assert "injected fault before token 1" in dead[0][1]["error"]
     assert "worker stopped" in dead[1][1]["error"] and dead[1][1]["request_id"]
@@ -247,12 +248,12 @@ def test_client_disconnect_cancels(stack: Stack, pool: ThreadPoolExecutor) -> No
 
     # the slot is free again, and a short job goes through it
     assert content(post(stack, chat("slow", "next", 2))) == fake_text("next", 2)
-    time.sleep(4.5)  # two heartbeats
+    stack.heartbeats("slow")
     assert stack.engine_tokens("slow") < 200  # three 200-token jobs; none ran to the end
-    assert redis.xlen(f"llmspool:replylog:{queued_id}") == 1  # skipped: no frame at all
-    channels = [f"llmspool:reply:{streamed_id}", f"llmspool:reply:{queued_id}"]
+    assert redis.xlen(keys.reply_log(queued_id)) == 1  # skipped: no frame at all
+    channels = [keys.reply_channel(streamed_id), keys.reply_channel(queued_id)]
     assert all(n == 0 for _, n in redis.pubsub_numsub(*channels))
-    assert redis.pubsub_numpat() == 0 and len(redis.pubsub_channels("llmspool:reply:*")) == 0
+    assert redis.pubsub_numpat() == 0 and len(redis.pubsub_channels(keys.reply_channel("*"))) == 0
 
 
 # ----------------------------------------------------------------------------- 4. deadlines
@@ -271,10 +272,10 @@ def test_deadline_passed_in_queue_is_not_run(stack: Stack, pool: ThreadPoolExecu
     redis = stack.redis.client()
     wait_until(lambda: stack.pending("queue1") == 0, 10)
     late_id = redis.xrange(stream_key("queue1"))[-1][1]["request_id"]
-    frames = [json.loads(f["f"]) for _, f in redis.xrange(f"llmspool:replylog:{late_id}")[1:]]
+    frames = [json.loads(f["f"]) for _, f in redis.xrange(keys.reply_log(late_id))[1:]]
     assert [f["error"]["kind"] for f in frames] == ["DeadlineExceeded"]
     assert "while it was queued" in frames[0]["error"]["message"]
-    time.sleep(4.5)  # two heartbeats
+    stack.heartbeats("queue1")
     assert stack.engine_tokens("queue1") == 40  # only the busy job ran
 
 
@@ -306,13 +307,13 @@ def test_trimming_keeps_pending_jobs(stack: Stack) -> None:
     # a job taken by a consumer that never acknowledges it (atomically: before the worker)
     pipe = redis.pipeline(transaction=True)
     pipe.xadd(stream_key("trim"), {"v": "1", "request_id": "held"})
-    pipe.xreadgroup("workers", "slowpoke", {stream_key("trim"): ">"}, count=1)
+    pipe.xreadgroup(keys.GROUP, "slowpoke", {stream_key("trim"): ">"}, count=1)
     held_id, _ = pipe.execute()
     for prompt in quick[5:]:
         assert content(post(stack, chat("trim", prompt, 2))) == fake_text(prompt, 2)
     wait_until(lambda: redis.xlen(stream_key("trim")) < 11, 10, what="the stream trimmed")
     assert redis.xrange(stream_key("trim"))[0][0] == held_id  # never below the pending one
-    redis.xack(stream_key("trim"), "workers", held_id)
+    redis.xack(stream_key("trim"), keys.GROUP, held_id)
     wait_until(lambda: redis.xlen(stream_key("trim")) <= 1, 10, what="trimmed to the last")
 
 
@@ -441,21 +442,21 @@ def test_unknown_schema_is_handed_back(stack: Stack) -> None:
     }
     future_id = redis.xadd(stream_key("schema"), job)
     wait_until(
-        lambda: int(redis.hget("llmspool:{schema}:handbacks", future_id) or 0) >= 2,
+        lambda: int(redis.hget(keys.handbacks("schema"), future_id) or 0) >= 2,
         15,
         what="handed back twice",
     )
     # never run, never dead, though max_attempts is 1: a newer worker can still take it
-    assert redis.xlen("llmspool:{schema}:dead") == 0
-    assert not redis.exists("llmspool:replylog:chatcmpl-from-the-future")
-    claimed = redis.xclaim(stream_key("schema"), "workers", "v2-worker", 0, [future_id])
+    assert redis.xlen(keys.dead_stream("schema")) == 0
+    assert not redis.exists(keys.reply_log("chatcmpl-from-the-future"))
+    claimed = redis.xclaim(stream_key("schema"), keys.GROUP, "v2-worker", 0, [future_id])
     assert claimed[0][1]["something_new"] == "x"
-    redis.xack(stream_key("schema"), "workers", future_id)
+    redis.xack(stream_key("schema"), keys.GROUP, future_id)
 
     # an expired one is settled with a deadline error instead of circling forever
     expired = {**job, "request_id": "chatcmpl-too-late", "deadline": f"{time.time():.6f}"}
     redis.xadd(stream_key("schema"), expired)
-    wait_until(lambda: redis.exists("llmspool:replylog:chatcmpl-too-late"), 15)
+    wait_until(lambda: redis.exists(keys.reply_log("chatcmpl-too-late")), 15)
     wait_until(lambda: stack.pending("schema") == 0, 10)
     # and jobs it reads are served as ever
     assert content(post(stack, chat("schema", "current", 2))) == fake_text("current", 2)

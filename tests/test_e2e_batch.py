@@ -15,9 +15,10 @@ import openai
 import pytest
 from openai.types import Batch
 
+from llmspool.shared import keys
 from tests.batch_helpers import chat_lines, once_each, outcome, submit, wait_status
 from tests.conftest import StackFactory
-from tests.helpers import RedisServer, Stack, free_port
+from tests.helpers import RedisServer, Stack, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.batch]
 
@@ -85,7 +86,7 @@ def test_a_batch_of_300_lines_completes_once_each(
     assert failed["bad-model"]["response"]["status_code"] == 404
     assert batch.usage is not None and batch.usage.output_tokens == 1200
     assert bclient.batches.list().data[0].id == batch.id
-    assert batch_stack.redis.cli("HLEN", f"llmspool:batch:{{{batch.id}}}:results").strip() == "303"
+    assert batch_stack.redis.cli("HLEN", keys.batch_results(batch.id)).strip() == "303"
 
 
 SLOW_CONFIG = """
@@ -142,9 +143,17 @@ def test_cancel_stops_dispatching_and_keeps_finished(slow_stack: Stack) -> None:
     everything = once_each(good + errors)
     assert set(everything) == {f"req-{i}" for i in range(40)}
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
-    # nothing more runs: the results stay as they were, the stream drains without work
-    time.sleep(1.5)
-    results = slow_stack.redis.cli("HLEN", f"llmspool:batch:{{{batch.id}}}:results").strip()
+    # nothing more runs: the stream drains without work, and the results stay as they were
+    redis = slow_stack.redis.client()
+
+    def drained() -> bool:  # every entry delivered, none in flight
+        stream = keys.batch_stream("fake")
+        group = redis.xinfo_groups(stream)[0]
+        newest = redis.xinfo_stream(stream)["last-generated-id"]
+        return group["last-delivered-id"] == newest and int(group["pending"]) == 0
+
+    wait_until(drained, 60, what="the batch stream drained")
+    results = slow_stack.redis.cli("HLEN", keys.batch_results(batch.id)).strip()
     assert int(results) == batch.request_counts.completed
     with pytest.raises(openai.BadRequestError):
         client.batches.cancel(submit_and_finish(client).id)

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from llmspool.shared import keys
 from tests.helpers import Stack
 
 pytestmark = pytest.mark.e2e
@@ -92,12 +93,12 @@ def test_models_and_health(client: openai.OpenAI, fake_stack: Stack) -> None:
 
 def test_queue_and_group_visible_with_redis_cli(client: openai.OpenAI, fake_stack: Stack) -> None:
     client.chat.completions.create(model="fake", messages=HI, max_tokens=2)
-    groups = fake_stack.redis.cli("XINFO", "GROUPS", "llmspool:{fake}:requests")
-    assert "workers" in groups
-    assert fake_stack.redis.cli("XLEN", "llmspool:{fake}:requests").strip() == "1"
-    pending = fake_stack.redis.cli("XPENDING", "llmspool:{fake}:requests", "workers")
+    groups = fake_stack.redis.cli("XINFO", "GROUPS", keys.requests_stream("fake"))
+    assert keys.GROUP in groups
+    assert fake_stack.redis.cli("XLEN", keys.requests_stream("fake")).strip() == "1"
+    pending = fake_stack.redis.cli("XPENDING", keys.requests_stream("fake"), keys.GROUP)
     assert pending.splitlines()[0].strip() == "0"  # acknowledged after the last frame
-    entry = fake_stack.redis.cli("XRANGE", "llmspool:{fake}:requests", "-", "+")
+    entry = fake_stack.redis.cli("XRANGE", keys.requests_stream("fake"), "-", "+")
     assert "request_id" in entry and "chatcmpl-" in entry
 
 
@@ -192,4 +193,4 @@ def test_no_worker_before_deadline_is_a_clear_504(stack_factory) -> None:  # typ
     assert response.headers["x-should-retry"] == "false"
     assert "No worker" in response.json()["error"]["message"]
     # the job stayed queued; a late worker skips it as expired rather than running it
-    assert stack.redis.cli("XLEN", "llmspool:{idle}:requests").strip() == "1"
+    assert stack.redis.cli("XLEN", keys.requests_stream("idle")).strip() == "1"

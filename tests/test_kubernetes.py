@@ -11,6 +11,7 @@ import yaml
 
 from llmspool.control import kubernetes as k8s
 from llmspool.control.keda import ClusterOptions, manifests, render
+from llmspool.shared import keys
 from llmspool.shared.config import parse_config
 
 CONFIG = parse_config(
@@ -129,14 +130,14 @@ def test_triggers_read_lag_and_pending_of_both_streams(documents: list[dict[str,
         meta = trigger["metadata"]
         assert set(meta) <= REDIS_STREAMS_METADATA
         assert all(isinstance(v, str) for v in meta.values())  # KEDA metadata is strings
-        assert meta["consumerGroup"] == "workers" and meta["address"] == "redis.ml:6379"
+        assert meta["consumerGroup"] == keys.GROUP and meta["address"] == "redis.ml:6379"
         if "lagCount" in meta:  # documented: activationLagCount is required with lagCount
             assert meta["lagCount"] == "4" and meta["activationLagCount"] == "0"
             seen.add((meta["stream"], "lag"))
         else:
             assert meta["pendingEntriesCount"] == "4"
             seen.add((meta["stream"], "pending"))
-    streams = {"llmspool:{Org/Gemma_3:270m}:requests", "llmspool:{Org/Gemma_3:270m}:batch"}
+    streams = {keys.requests_stream("Org/Gemma_3:270m"), keys.batch_stream("Org/Gemma_3:270m")}
     assert seen == {(s, kind) for s in streams for kind in ("lag", "pending")}
 
 

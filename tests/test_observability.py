@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from llmspool.shared import keys
 from tests.conftest import FAKE_CONFIG, StackFactory
 from tests.dashboards import exposed_names, referenced_metrics
 from tests.helpers import Stack, scrape, wait_until
@@ -131,9 +132,9 @@ def test_metrics_request_log_feedback_and_logs(observed: Stack, tmp_path: Path) 
 
 
 def _worker_key(stack: Stack) -> str:
-    keys = stack.redis.client().keys("llmspool:worker:*")
-    assert len(keys) == 1
-    return str(keys[0])
+    names = stack.redis.client().keys(keys.worker_pattern())
+    assert len(names) == 1
+    return str(names[0])
 
 
 def _records(stack: Stack) -> list[dict[str, Any]]:

@@ -7,10 +7,11 @@ import time
 
 from redis.asyncio import Redis
 
+from llmspool.shared import keys
 from llmspool.shared.backlog import queue_stats
 from tests.helpers import RedisServer
 
-STREAM = "llmspool:{m}:requests"
+STREAM = keys.requests_stream("m")
 
 
 async def test_lag_pending_oldest_and_dead(clean_redis: RedisServer) -> None:
@@ -18,10 +19,10 @@ async def test_lag_pending_oldest_and_dead(clean_redis: RedisServer) -> None:
     try:
         empty = await queue_stats(redis, "m")
         assert empty.backlog == 0 and empty.oldest_age() is None and empty.dead == 0
-        await redis.xgroup_create(STREAM, "workers", id="0", mkstream=True)
+        await redis.xgroup_create(STREAM, keys.GROUP, id="0", mkstream=True)
         ids = [await redis.xadd(STREAM, {"n": str(i)}) for i in range(4)]
-        await redis.xadd("llmspool:{m}:dead", {"n": "x"})
-        await redis.xreadgroup("workers", "w1", {STREAM: ">"}, count=1)
+        await redis.xadd(keys.dead_stream("m"), {"n": "x"})
+        await redis.xreadgroup(keys.GROUP, "w1", {STREAM: ">"}, count=1)
         stats = await queue_stats(redis, "m")
         group = (await redis.xinfo_groups(STREAM))[0]
         assert (stats.lag, stats.pending) == (group["lag"], group["pending"]) == (3, 1)
@@ -29,7 +30,7 @@ async def test_lag_pending_oldest_and_dead(clean_redis: RedisServer) -> None:
         assert stats.requests.oldest == int(ids[0].split(b"-")[0]) / 1000
         assert 0 <= stats.oldest_age(time.time()) < 60
 
-        await redis.xack(STREAM, "workers", ids[0])
+        await redis.xack(STREAM, keys.GROUP, ids[0])
         stats = await queue_stats(redis, "m")  # nothing pending: the oldest is undelivered
         assert stats.pending == 0 and stats.requests.oldest == int(ids[1].split(b"-")[0]) / 1000
 
@@ -46,18 +47,18 @@ async def test_consumers_of_gone_workers_are_deleted(clean_redis: RedisServer) -
 
     redis = Redis(port=clean_redis.port)
     try:
-        await redis.xgroup_create(STREAM, "workers", id="0", mkstream=True)
+        await redis.xgroup_create(STREAM, keys.GROUP, id="0", mkstream=True)
         ids = [await redis.xadd(STREAM, {"n": str(i)}) for i in range(3)]
-        await redis.xreadgroup("workers", "gone", {STREAM: ">"}, count=1)
-        await redis.xack(STREAM, "workers", ids[0])  # settled: nothing pending
-        await redis.xreadgroup("workers", "busy", {STREAM: ">"}, count=1)  # one pending
-        await redis.xreadgroup("workers", "me", {STREAM: ">"}, count=1)
-        await redis.xack(STREAM, "workers", ids[2])  # the caller: nothing pending either
+        await redis.xreadgroup(keys.GROUP, "gone", {STREAM: ">"}, count=1)
+        await redis.xack(STREAM, keys.GROUP, ids[0])  # settled: nothing pending
+        await redis.xreadgroup(keys.GROUP, "busy", {STREAM: ">"}, count=1)  # one pending
+        await redis.xreadgroup(keys.GROUP, "me", {STREAM: ">"}, count=1)
+        await redis.xack(STREAM, keys.GROUP, ids[2])  # the caller: nothing pending either
         mine = Deliveries(redis, "m", "me", lease=30)
         assert await mine.forget_gone(idle_ms=60_000) == 0  # nobody idle that long yet
         await asyncio.sleep(0.05)
         assert await mine.forget_gone(idle_ms=10) == 1
-        names = {c["name"] for c in await redis.xinfo_consumers(STREAM, "workers")}
+        names = {c["name"] for c in await redis.xinfo_consumers(STREAM, keys.GROUP)}
         assert names == {b"busy", b"me"}  # pending kept; the caller kept
     finally:
         await redis.aclose()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis
 
+from llmspool.shared import keys
 from tests.helpers import RedisServer, Stack, chat, fake_text, free_port, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -71,7 +72,7 @@ def test_redis_killed_and_restarted(stack: Stack) -> None:
         replies = [pool.submit(post, stack, prompt) for prompt in prompts]
         wait_until(
             lambda: (
-                int(server.client().xinfo_stream("llmspool:{fake}:requests")["entries-added"])
+                int(server.client().xinfo_stream(keys.requests_stream("fake"))["entries-added"])
                 == len(prompts)
             ),
             20,
@@ -91,8 +92,8 @@ def test_redis_killed_and_restarted(stack: Stack) -> None:
     # everything reconnected by itself: the API, the worker, both pub/sub listeners
     assert served(post(stack, "after", 3), "after", 3)
     client = server.client()
-    wait_until(lambda: client.pubsub_numsub("llmspool:{fake}:cancel")[0][1] == 1, 10)
-    wait_until(lambda: len(client.pubsub_channels("llmspool:producer:*")) == 1, 10)
+    wait_until(lambda: client.pubsub_numsub(keys.cancel_channel("fake"))[0][1] == 1, 10)
+    wait_until(lambda: len(client.pubsub_channels(keys.producer_channel("*"))) == 1, 10)
 
 
 def test_redis_paused_gives_bounded_errors(stack: Stack) -> None:

@@ -12,6 +12,7 @@ import openai
 import pytest
 import redis
 
+from llmspool.shared import keys
 from tests.conftest import FAKE_CONFIG
 from tests.helpers import RedisServer, Stack, free_port
 
@@ -71,18 +72,18 @@ def test_least_privilege_users(acl_server: RedisServer, tmp_path: Path) -> None:
         stack.stop()
     worker, api = as_user(acl_server, "worker"), as_user(acl_server, "api")
     with pytest.raises(redis.exceptions.NoPermissionError):
-        worker.hgetall("llmspool-auth:apikeys")  # workers cannot see API keys
+        worker.hgetall(keys.API_KEY_INDEX)  # workers cannot see API keys
     with pytest.raises(redis.exceptions.NoPermissionError):
-        api.hset("llmspool-auth:apikey:forged", "scope", "admin")  # nor can the API mint them
+        api.hset(keys.api_key("forged"), "scope", "admin")  # nor can the API mint them
     for user in (worker, api):
         with pytest.raises(redis.exceptions.NoPermissionError):
             user.flushall()
     keda = as_user(acl_server, "keda")
-    assert keda.xinfo_groups("llmspool:{fake}:requests")[0]["name"] == b"workers"
+    assert keda.xinfo_groups(keys.requests_stream("fake"))[0]["name"] == keys.GROUP.encode()
     with pytest.raises(redis.exceptions.NoPermissionError):
-        keda.xadd("llmspool:{fake}:requests", {"x": "1"})
+        keda.xadd(keys.requests_stream("fake"), {"x": "1"})
     with pytest.raises(redis.exceptions.AuthenticationError):
-        redis.Redis(port=acl_server.port).get("llmspool:anything")
+        redis.Redis(port=acl_server.port).get(keys.CONFIG)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")

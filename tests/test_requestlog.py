@@ -13,7 +13,7 @@ from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.protocol import ChatCompletionRequest
 from llmspool.shared.requestlog import Feedback, RequestLog, RequestRecord, request_parts
 from llmspool.shared.settings import Settings
-from tests.helpers import RedisServer
+from tests.helpers import RedisServer, async_wait_until
 
 
 @pytest.fixture
@@ -87,8 +87,13 @@ async def test_follow_yields_new_records(redis: Redis) -> None:
     await log.write(_record(1))  # older: not followed
     records = requestlog.follow(redis, block_ms=100)
     first = asyncio.ensure_future(anext(records))
-    await asyncio.sleep(0.2)  # the XREAD from "$" is blocking now
+    # follow() has read the newest entry once its XREAD blocks; what comes after is followed
+    await async_wait_until(lambda: _blocked_clients(redis), what="follow's XREAD")
     await log.write(_record(2))
     record = await asyncio.wait_for(first, 10)
     assert record.request_id == "chatcmpl-2" and record.entry_id
     await records.aclose()  # type: ignore[attr-defined]
+
+
+async def _blocked_clients(redis: Redis) -> bool:
+    return any("b" in client["flags"] for client in await redis.client_list())

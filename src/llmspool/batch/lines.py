@@ -22,6 +22,9 @@ from llmspool.shared.messages import JobKind, RequestBody
 from llmspool.shared.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llmspool.shared.settings import Settings
 
+#: One line of an input file as JSON gave it, before it is checked.
+Item = dict[str, Any]
+
 ENDPOINT_KINDS: dict[str, tuple[JobKind, type[RequestBody]]] = {
     "/v1/chat/completions": (JobKind.CHAT, ChatCompletionRequest),
     "/v1/completions": (JobKind.COMPLETION, CompletionRequest),
@@ -123,7 +126,7 @@ def _parse_line(number: int, raw: bytes, endpoint: str, config: Config, seen: se
         )
 
 
-def _envelope_error(item: dict[str, Any], endpoint: str, seen: set[str]) -> LineError | None:
+def _envelope_error(item: Item, endpoint: str, seen: set[str]) -> LineError | None:
     custom_id = item.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         return LineError("missing_custom_id", "Each line needs a string 'custom_id'.", "custom_id")
@@ -141,7 +144,7 @@ def _envelope_error(item: dict[str, Any], endpoint: str, seen: set[str]) -> Line
     return None
 
 
-def _body(raw: dict[str, Any], endpoint: str, config: Config) -> RequestBody:
+def _body(raw: Item, endpoint: str, config: Config) -> RequestBody:
     """The validated request body; raises the error the endpoint itself would answer."""
     kind, body_type = ENDPOINT_KINDS[endpoint]
     try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
 from llmspool.shared.protocol import OpenAIBaseModel
+
+#: A JSON object of a result or output file line: its shape is OpenAI's batch file format.
+Record = dict[str, Any]
 
 BatchStatus = Literal[
     "validating",

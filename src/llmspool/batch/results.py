@@ -11,15 +11,13 @@ from __future__ import annotations
 import base64
 import struct
 import uuid
-from typing import Any
 
 from llmspool.batch.lines import LineError
+from llmspool.batch.models import Record
 from llmspool.shared import replies
 from llmspool.shared.errors import LLMSpoolError
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
 from llmspool.shared.protocol import EmbeddingRequest, Usage
-
-Record = dict[str, Any]
 
 UNRUN_MESSAGES = {
     "batch_expired": "This request could not be executed before the completion window expired.",
@@ -27,7 +25,7 @@ UNRUN_MESSAGES = {
 }
 
 
-def _request_record(request_id: str, status: int, body: dict[str, Any]) -> Record:
+def _request_record(request_id: str, status: int, body: Record) -> Record:
     response = {"status_code": status, "request_id": request_id, "body": body}
     return {"id": f"batch_req_{uuid.uuid4().hex}", "response": response, "error": None}
 
@@ -66,7 +64,7 @@ def line_error_record(error: LineError) -> Record:
     return _request_record(uuid.uuid4().hex, error.status, body)
 
 
-def output_line(custom_id: str | None, record: Record) -> dict[str, Any]:
+def output_line(custom_id: str | None, record: Record) -> Record:
     return {
         "id": record["id"],
         "custom_id": custom_id,
@@ -75,7 +73,7 @@ def output_line(custom_id: str | None, record: Record) -> dict[str, Any]:
     }
 
 
-def unrun_line(custom_id: str | None, code: str) -> dict[str, Any]:
+def unrun_line(custom_id: str | None, code: str) -> Record:
     """The error line of a request the batch never ran (expired or cancelled first)."""
     error = {"code": code, "message": UNRUN_MESSAGES[code]}
     return {
@@ -91,7 +89,7 @@ def tokens(final: ReplyFrame) -> tuple[int, int]:
     return usage.prompt_tokens, usage.completion_tokens
 
 
-def response_body(job: Job, frames: list[ReplyFrame], final: ReplyFrame) -> dict[str, Any]:
+def response_body(job: Job, frames: list[ReplyFrame], final: ReplyFrame) -> Record:
     """The body of the 200 response to ``job``: a chat completion, completion or embeddings."""
     usage = final.usage or Usage()
     if job.kind is JobKind.EMBEDDING:
@@ -101,7 +99,7 @@ def response_body(job: Job, frames: list[ReplyFrame], final: ReplyFrame) -> dict
     return build(job.request_id, created, job.model, frames, usage).model_dump()
 
 
-def _embeddings(job: Job, final: ReplyFrame, usage: Usage) -> dict[str, Any]:
+def _embeddings(job: Job, final: ReplyFrame, usage: Usage) -> Record:
     encoding = job.body.encoding_format if isinstance(job.body, EmbeddingRequest) else None
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(vector, encoding)}

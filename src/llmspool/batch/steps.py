@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from llmspool.batch import results
 from llmspool.batch.lines import Line, ParsedFile, job_kind, parse_file
-from llmspool.batch.models import BatchError, BatchErrors, FileObject
+from llmspool.batch.models import BatchError, BatchErrors, FileObject, Record
 from llmspool.batch.queue import FAN_OUT, FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchState, BatchStore
 from llmspool.shared import keys
@@ -43,6 +43,7 @@ FAN_OUT_CHUNK = 500
 
 _PREFIXES = {JobKind.CHAT: "chatcmpl", JobKind.COMPLETION: "cmpl", JobKind.EMBEDDING: "embd"}
 
+#: arq hands each job its context as a plain dict (redis, and what create_worker put in).
 Ctx = dict[str, Any]
 
 
@@ -219,8 +220,8 @@ async def _write_outputs(ctx: Ctx, batch_id: str, ending: str) -> None:
 
 
 def _split(
-    custom_ids: dict[int, str | None], recorded: dict[int, results.Record], ending: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    custom_ids: dict[int, str | None], recorded: dict[int, Record], ending: str
+) -> tuple[list[Record], list[Record]]:
     good, bad = [], []
     unrun = "batch_cancelled" if ending == "cancelled" else "batch_expired"
     for number in sorted(set(custom_ids) | set(recorded)):
@@ -262,7 +263,7 @@ async def _put_output(
     settings: Settings,
     file_id: str,
     filename: str,
-    lines: list[dict[str, Any]],
+    lines: list[Record],
     owner: str,
 ) -> None:
     content = b"".join(orjson.dumps(line) + b"\n" for line in lines)
@@ -360,6 +361,7 @@ def create_worker(settings: Settings, config: Config) -> Worker:
         cron_jobs=[sweeper],
         redis_settings=RedisSettings.from_dsn(settings.resolved_redis_url()),
         queue_name=keys.BATCH_JOBS_QUEUE,
+        health_check_key=keys.BATCH_JOBS_HEALTH_CHECK,
         keep_result=0,
         job_timeout=timeout,
         poll_delay=0.1,

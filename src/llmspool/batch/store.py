@@ -25,8 +25,9 @@ from llmspool.batch.models import (
     BatchUsage,
     FileObject,
     Page,
+    Record,
 )
-from llmspool.shared import keys
+from llmspool.shared import commands, keys
 from llmspool.shared.errors import NotFound
 
 T = TypeVar("T", FileObject, Batch)
@@ -92,7 +93,6 @@ end
 return 0
 """
 
-_COUNTERS = ("total", "completed", "failed", "running", "input_tokens", "output_tokens")
 _STAMPS = (
     "created_at",
     "in_progress_at",
@@ -148,24 +148,27 @@ class BatchState:
                 output_tokens=self.count("output_tokens"),
                 total_tokens=self.count("input_tokens") + self.count("output_tokens"),
             )
-        return Batch(
-            id=self.id,
-            endpoint=self["endpoint"],
-            model=self.fields.get("model") or None,
-            errors=BatchErrors.model_validate_json(errors) if errors else None,
-            input_file_id=self["input_file_id"],
-            completion_window=self["completion_window"],
-            status=self.status,  # type: ignore[arg-type]
-            output_file_id=self.fields.get("output_file_id") or None,
-            error_file_id=self.fields.get("error_file_id") or None,
-            request_counts=BatchRequestCounts(
-                total=self.count("total"),
-                completed=self.count("completed"),
-                failed=self.count("failed"),
-            ),
-            usage=usage,
-            metadata=orjson.loads(self.fields["metadata"]) if self.fields.get("metadata") else None,
-            **stamps,  # type: ignore[arg-type]
+        # validated from a dict: the status (a str here) and the stamps are checked by Batch
+        return Batch.model_validate(
+            {
+                "id": self.id,
+                "endpoint": self["endpoint"],
+                "model": self.fields.get("model") or None,
+                "errors": BatchErrors.model_validate_json(errors) if errors else None,
+                "input_file_id": self["input_file_id"],
+                "completion_window": self["completion_window"],
+                "status": self.status,
+                "output_file_id": self.fields.get("output_file_id") or None,
+                "error_file_id": self.fields.get("error_file_id") or None,
+                "request_counts": BatchRequestCounts(
+                    total=self.count("total"),
+                    completed=self.count("completed"),
+                    failed=self.count("failed"),
+                ),
+                "usage": usage,
+                "metadata": orjson.loads(meta) if (meta := self.fields.get("metadata")) else None,
+                **stamps,
+            }
         )
 
 
@@ -190,7 +193,7 @@ class BatchStore:
 
     async def file(self, file_id: str, owner: str | None = None) -> FileObject:
         """A file's metadata; with ``owner``, only if that key made it (else not found)."""
-        raw, made_by = await self.redis.hmget(keys.file(file_id), ["json", "owner"])  # type: ignore[misc]
+        raw, made_by = await commands.hmget(self.redis, keys.file(file_id), ["json", "owner"])
         if raw is None or (owner is not None and _s(made_by or b"") != owner):
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         return FileObject.model_validate_json(raw)
@@ -236,7 +239,7 @@ class BatchStore:
         await pipe.execute()
 
     async def state(self, batch_id: str) -> BatchState:
-        raw: dict[Any, Any] = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]
+        raw = await commands.hgetall(self.redis, keys.batch(batch_id))
         if not raw:
             raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
         return BatchState({_s(k): _s(v) for k, v in raw.items()})
@@ -258,7 +261,7 @@ class BatchStore:
         return await self._page(keys.BATCHES_INDEX, after, limit, True, load)
 
     async def update(self, batch_id: str, fields: dict[str, str]) -> None:
-        await self.redis.hset(keys.batch(batch_id), mapping=fields)  # type: ignore[misc]
+        await commands.hset(self.redis, keys.batch(batch_id), fields)
 
     async def transition(
         self,
@@ -274,11 +277,11 @@ class BatchStore:
         args = [to, f"{to}_at" if stamp else "", f"{time.time():.3f}", ending, *allowed]
         moved = await self._transition(keys=[keys.batch(batch_id)], args=args)
         if moved and to in FINAL_STATUSES:
-            await self.redis.srem(keys.BATCHES_ACTIVE, batch_id)  # type: ignore[misc]
+            await commands.srem(self.redis, keys.BATCHES_ACTIVE, batch_id)
         return bool(moved)
 
     async def active(self) -> list[str]:
-        members = await self.redis.smembers(keys.BATCHES_ACTIVE)  # type: ignore[misc]
+        members = await commands.smembers(self.redis, keys.BATCHES_ACTIVE)
         return sorted(_s(m) for m in members)
 
     async def old_batches(self, before: float) -> list[str]:
@@ -303,15 +306,15 @@ class BatchStore:
         return _s(verdict)
 
     async def record(
-        self, batch_id: str, line: int, result: dict[str, Any], *, ok: bool, tokens: tuple[int, int]
+        self, batch_id: str, line: int, result: Record, *, ok: bool, tokens: tuple[int, int]
     ) -> int:
         """Record ``line``'s result once; see ``_RECORD`` for the answer."""
         args = [line, orjson.dumps(result), "completed" if ok else "failed", *tokens]
         answer = await self._record(keys=self._line_keys(batch_id), args=args)
         return int(answer)
 
-    async def results(self, batch_id: str) -> dict[int, dict[str, Any]]:
-        raw: dict[Any, Any] = await self.redis.hgetall(keys.batch_results(batch_id))  # type: ignore[misc]
+    async def results(self, batch_id: str) -> dict[int, Record]:
+        raw = await commands.hgetall(self.redis, keys.batch_results(batch_id))
         return {int(_s(line)): orjson.loads(value) for line, value in raw.items()}
 
     # ------------------------------------------------------------------ paging

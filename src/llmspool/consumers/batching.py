@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 
 from llmspool.batch import results
+from llmspool.batch.models import Record
 from llmspool.batch.queue import FINALIZE, enqueue_step
 from llmspool.batch.store import BatchStore
 from llmspool.consumers.publisher import ReplySink
@@ -101,7 +102,7 @@ class BatchLines:
             return False
         return True
 
-    async def _attempt(self, job: Job) -> tuple[results.Record, bool, tuple[int, int]] | None:
+    async def _attempt(self, job: Job) -> tuple[Record, bool, tuple[int, int]] | None:
         """Run the line: its record, whether it succeeded, and its (prompt, output) tokens;
         None when the batch's completion window (the job's deadline) ended first."""
         reply = CollectedReply(job.request_id)

@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from llmspool.shared import keys
+from llmspool.shared import commands, keys
 from llmspool.shared.messages import decode_fields
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,10 @@ class Deliveries:
 
     async def note_error(self, entry: Entry, message: str) -> None:
         """Remember why this attempt failed (the dead stream shows the last one)."""
-        await self.redis.hset(keys.last_errors(self.model), entry.id, message)  # type: ignore[misc]
+        await commands.hset(self.redis, keys.last_errors(self.model), {entry.id: message})
 
     async def last_error(self, entry: Entry) -> str | None:
-        raw = await self.redis.hget(keys.last_errors(self.model), entry.id)  # type: ignore[misc]
+        raw = await commands.hget(self.redis, keys.last_errors(self.model), entry.id)
         return _text(raw) if raw is not None else None
 
     async def ack(self, entry: Entry) -> None:
@@ -201,9 +201,8 @@ class Deliveries:
         so a consumer that reads in between is never deleted with entries pending."""
         removed = 0
         for stream in self._streams:
-            count: Any = await self.redis.eval(  # type: ignore[misc]
-                _FORGET_GONE, 1, stream, keys.GROUP, str(idle_ms), self.consumer
-            )
+            args = [keys.GROUP, str(idle_ms), self.consumer]
+            count = await commands.run_script(self.redis, _FORGET_GONE, [stream], args)
             removed += int(count)
         return removed
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from llmspool.shared import keys
+from llmspool.shared import commands, keys
 from llmspool.shared.messages import ReplyFrame, WireError
 from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, Usage
 from llmspool.shared.redis import UNAVAILABLE, is_cluster, queue_publish
@@ -276,7 +276,7 @@ class ReplyPublisher:
         args: list[Any] = []
         for _, ttl, channel, data in entries:
             args += [ttl, channel, data]
-        await self._redis.eval(_PUBLISH_FRAMES, len(log_keys), *log_keys, *args)  # type: ignore[misc]
+        await commands.run_script(self._redis, _PUBLISH_FRAMES, log_keys, args)
 
     async def _send_pipelined(self, entries: list[tuple[str, int, str, bytes]]) -> None:
         """On a cluster the logs live on many shards: one pipeline, split by shard."""

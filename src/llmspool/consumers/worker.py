@@ -109,7 +109,6 @@ class Worker:
         self._next_batch_check = 0.0
         # a blocked read must end well before a command times out
         self._block_ms = max(1, min(settings.block_ms, int(settings.redis_timeout * 500)))
-        self.jobs_done = 0
         self.metrics = WorkerMetrics(
             model.name,
             frames=lambda: self.publisher.frames_sent,
@@ -315,7 +314,6 @@ class Worker:
     def _finished(self, request_id: str) -> None:
         self.running.pop(request_id, None)
         self._lost.discard(request_id)
-        self.jobs_done += 1
         self._slot_freed.set()
 
     # ------------------------------------------------------------------ settling jobs

@@ -340,7 +340,7 @@ async def _entries_added(redis: Redis, model: str) -> int:
     total = 0
     for stream in keys.model_streams(model):
         if await redis.exists(stream):
-            info: dict[str, Any] = await redis.xinfo_stream(stream)
+            info: dict[str, Any] = await redis.xinfo_stream(stream)  # redis-py's reply type
             total += int(info.get("entries-added") or info.get("length") or 0)
     return total
 

@@ -134,7 +134,11 @@ def submit(
             raise typer.Exit(0 if batch["status"] == "completed" else 1)
 
 
-def _follow(client: httpx.Client, batch_id: str) -> dict[str, Any]:
+#: A batch object as the API returns it (JSON; see llmspool.batch.models.Batch).
+BatchJSON = dict[str, Any]
+
+
+def _follow(client: httpx.Client, batch_id: str) -> BatchJSON:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -169,7 +173,7 @@ def status(batch_id: str, api: ApiOption = None, api_key: KeyOption = None) -> N
         _print_batch(_call(client, "GET", f"/v1/batches/{batch_id}").json())
 
 
-def _print_batch(batch: dict[str, Any]) -> None:
+def _print_batch(batch: BatchJSON) -> None:
     table = Table(show_header=False, box=None)
     counts = batch.get("request_counts") or {}
     rows = {

@@ -40,9 +40,13 @@ class ClusterOptions:
     drain_timeout: float = 30.0
 
 
-def manifests(config: Config, options: ClusterOptions) -> list[dict[str, Any]]:
+#: A Kubernetes object (or part of one), written out as YAML: its shape is Kubernetes' API.
+Manifest = dict[str, Any]
+
+
+def manifests(config: Config, options: ClusterOptions) -> list[Manifest]:
     """A Deployment and a ScaledObject for every model of ``config``."""
-    documents: list[dict[str, Any]] = []
+    documents: list[Manifest] = []
     for model in config.models:
         documents.append(deployment(model, options))
         documents.append(scaled_object(model, options))
@@ -54,7 +58,7 @@ def _labels(model: ModelConfig, options: ClusterOptions) -> dict[str, str]:
     return {"app.kubernetes.io/name": "llmspool-worker", "app.kubernetes.io/instance": name}
 
 
-def deployment(model: ModelConfig, options: ClusterOptions) -> dict[str, Any]:
+def deployment(model: ModelConfig, options: ClusterOptions) -> Manifest:
     """The worker Deployment of ``model``: surge one pod when rolling, drain on termination."""
     name = deployment_name(model.name, options.prefix)
     labels = _labels(model, options)
@@ -94,7 +98,7 @@ def deployment(model: ModelConfig, options: ClusterOptions) -> dict[str, Any]:
     }
 
 
-def scaled_object(model: ModelConfig, options: ClusterOptions) -> dict[str, Any]:
+def scaled_object(model: ModelConfig, options: ClusterOptions) -> Manifest:
     """The KEDA ScaledObject of ``model``: lag and pending triggers on both of its streams."""
     name = deployment_name(model.name, options.prefix)
     scale_down = {"stabilizationWindowSeconds": math.ceil(model.autoscale.scale_down_window)}
@@ -114,7 +118,7 @@ def scaled_object(model: ModelConfig, options: ClusterOptions) -> dict[str, Any]
     }
 
 
-def triggers(model: ModelConfig, options: ClusterOptions) -> list[dict[str, Any]]:
+def triggers(model: ModelConfig, options: ClusterOptions) -> list[Manifest]:
     """``redis-streams`` triggers; KEDA wants every metadata value as a string."""
     target = str(model.target_per_worker)
     result = []
@@ -133,7 +137,7 @@ def _kind(stream: str) -> str:
     return stream.rsplit(":", 1)[-1]
 
 
-def render(documents: list[dict[str, Any]]) -> str:
+def render(documents: list[Manifest]) -> str:
     """Multi-document YAML, for ``kubectl apply -f -``."""
     import yaml
 

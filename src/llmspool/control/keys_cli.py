@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from redis.asyncio import Redis
@@ -47,15 +47,17 @@ def create(
     ] = None,
 ) -> None:
     """Create a key and print it: it is shown only this once."""
-    fields: dict[str, Any] = {
-        "name": name,
-        "scope": "admin" if admin else "user",
-        "rpm": rpm,
-        "tpm": tpm,
-        "concurrency": concurrency,
-        "models": tuple(model or ()),
-    }
-    secret, record = _run(lambda redis: credentials.create(redis, **fields))
+    secret, record = _run(
+        lambda redis: credentials.create(
+            redis,
+            name=name,
+            scope="admin" if admin else "user",
+            rpm=rpm,
+            tpm=tpm,
+            concurrency=concurrency,
+            models=tuple(model or ()),
+        )
+    )
     typer.echo(secret)
     Console(stderr=True).print(f"created key {record.id} ({record.scope})", highlight=False)
 

@@ -66,7 +66,7 @@ class KubernetesDriver:
                 "the kubernetes driver needs the kubernetes client: "
                 "pip install 'llmspool[kubernetes]'"
             ) from None
-        try:
+        try:  # the kubernetes client ships no type annotations
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except config.ConfigException:
             config.load_kube_config()  # type: ignore[no-untyped-call]

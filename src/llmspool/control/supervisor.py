@@ -81,9 +81,6 @@ class Pool:
     def processes(self) -> list[asyncio.subprocess.Process]:
         return [m.process for m in self.members]
 
-    def alive(self) -> list[asyncio.subprocess.Process]:
-        return [m.process for m in self.members if m.process.returncode is None]
-
     def active(self) -> list[Member]:
         """Running members not asked to stop."""
         return [m for m in self.members if not m.stopping and m.process.returncode is None]

@@ -24,6 +24,9 @@ from llmspool.shared.redis import UNAVAILABLE, connect
 from llmspool.shared.settings import Settings
 from llmspool.shared.streams import ensure_groups
 
+#: An OpenAPI document or a part of it, as FastAPI's get_openapi builds it.
+Schema = dict[str, Any]
+
 log = logging.getLogger(__name__)
 
 
@@ -64,11 +67,12 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     app.include_router(batches.router)
     handlers.install(app)
     app.add_middleware(AuthMiddleware, settings=settings)
+    # FastAPI's documented way to extend the schema is to replace app.openapi (a method to mypy)
     app.openapi = lambda: _openapi(app, settings, config)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI, settings: Settings, config: Config) -> dict[str, Any]:
+def _openapi(app: FastAPI, settings: Settings, config: Config) -> Schema:
     """FastAPI's spec, made to say what the API enforces: our 400 instead of the default 422,
     and the limits that come from settings and models (max_tokens up to the largest context)."""
     if app.openapi_schema is None:
@@ -103,7 +107,7 @@ _ANY_ROUTE_ERRORS = {
 }
 
 
-def _document_errors(responses: dict[str, Any]) -> None:
+def _document_errors(responses: Schema) -> None:
     """Replace FastAPI's 422 by the errors the app really returns, on every operation."""
     responses.pop("422", None)
     body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
@@ -111,7 +115,7 @@ def _document_errors(responses: dict[str, Any]) -> None:
         responses.setdefault(code, {"description": description, "content": body})
 
 
-def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
+def _add_schema(schemas: Schema, model: type[BaseModel]) -> None:
     """``model``'s input schema and the models it uses, as components (those FastAPI already
     put there are kept)."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -120,12 +124,12 @@ def _add_schema(schemas: dict[str, Any], model: type[BaseModel]) -> None:
     schemas[model.__name__] = schema
 
 
-def _error_schemas() -> dict[str, Any]:
+def _error_schemas() -> Schema:
     defs = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     return {**defs.pop("$defs", {}), "ErrorResponse": defs}
 
 
-def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config) -> None:
+def _document_limits(schemas: Schema, settings: Settings, config: Config) -> None:
     lengths = [model.context_length for model in config.models if model.context_length]
     for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"):
         _document_parameters(schemas.get(name, {}), config)
@@ -141,7 +145,7 @@ def _document_limits(schemas: dict[str, Any], settings: Settings, config: Config
         upload["file"]["minLength"] = 1
 
 
-def _document_parameters(schema: dict[str, Any], config: Config) -> None:
+def _document_parameters(schema: Schema, config: Config) -> None:
     """Offer only the "not set" values of parameters no configured model's backend honours,
     and no unknown field unless a backend passes them on (see shared/capabilities.py)."""
     rows = [capabilities.of(model.backend) for model in config.models]
@@ -159,7 +163,7 @@ def _document_parameters(schema: dict[str, Any], config: Config) -> None:
         )
 
 
-def _bound(prop: dict[str, Any], kind: str, keyword: str, limit: int) -> None:
+def _bound(prop: Schema, kind: str, keyword: str, limit: int) -> None:
     """Set ``keyword`` on ``prop`` or on its ``anyOf`` branch of type ``kind``."""
     for branch in [prop, *prop.get("anyOf", [])]:
         if branch.get("type") == kind:

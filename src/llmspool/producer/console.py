@@ -116,11 +116,11 @@ async def _models_status(producer: Producer) -> tuple[list[ModelStatus], str | N
 
 def features(app: FastAPI) -> dict[str, bool]:
     """Which optional routes this app serves, read from its OpenAPI schema (built once)."""
-    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})
+    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})  # FastAPI's schema type
     served = {
         (method.upper(), _PARAMETER.sub("{}", path))
-        for path, operations in paths.items()
-        for method in operations
+        for path, methods in paths.items()
+        for method in methods
     }
     return {name: route in served for name, route in FEATURES.items()}
 

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from llmspool.shared import controlstate, keys
-from llmspool.shared.config import Config, parse_config
+from llmspool.shared.config import Config, Table, parse_config
 from llmspool.shared.errors import ConfigError
 from llmspool.shared.redis import UNAVAILABLE
 
@@ -90,6 +90,6 @@ class ControlView:
         await self.adopt(config)
 
 
-def _json(raw: bytes | str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(raw)
+def _json(raw: bytes | str) -> Table:
+    data: Table = json.loads(raw)
     return data

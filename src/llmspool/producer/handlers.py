@@ -22,6 +22,7 @@ def error_response(exc: LLMSpoolError) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    # Starlette types a handler as taking any Exception; each of ours takes the type it handles
     app.add_exception_handler(LLMSpoolError, _llmspool_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

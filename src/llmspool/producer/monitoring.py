@@ -6,11 +6,12 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 
 from llmspool.producer import queue_metrics
 from llmspool.producer.service import Producer, get_producer
@@ -53,8 +54,20 @@ async def _queue_registry(producer: Producer) -> CollectorRegistry:
     return collectors
 
 
+class TargetGroup(BaseModel):
+    """One group of Prometheus' HTTP service discovery: a model's workers."""
+
+    targets: list[str]
+    labels: dict[str, str]
+
+
+class RequestList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RequestRecord]
+
+
 @router.get("/admin/metrics/targets")
-async def metrics_targets(producer: ProducerDep) -> list[dict[str, Any]]:
+async def metrics_targets(producer: ProducerDep) -> list[TargetGroup]:
     """Live workers' own /metrics, in Prometheus' HTTP service-discovery format
     (``http_sd_configs``), grouped by model."""
     by_model: dict[str, list[str]] = {}
@@ -62,7 +75,7 @@ async def metrics_targets(producer: ProducerDep) -> list[dict[str, Any]]:
         if worker.metrics:
             by_model.setdefault(worker.model, []).append(worker.metrics)
     return [
-        {"targets": sorted(targets), "labels": {"model_name": model}}
+        TargetGroup(targets=sorted(targets), labels={"model_name": model})
         for model, targets in sorted(by_model.items())
     ]
 
@@ -91,20 +104,16 @@ async def list_requests(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     model: str | None = None,
     outcome: str | None = None,
-) -> dict[str, Any]:
+) -> RequestList:
     """The newest request-log records (newest first), feedback attached."""
     records = await requestlog.recent(producer.redis, limit, model=model, outcome=outcome)
-    return {"object": "list", "data": [_public(r) for r in records]}
+    return RequestList(data=records)
 
 
 @router.get("/admin/requests/{request_id}")
-async def get_request(request_id: str, producer: ProducerDep) -> dict[str, Any]:
+async def get_request(request_id: str, producer: ProducerDep) -> RequestRecord:
     """One request-log record, feedback attached."""
     record = await requestlog.find(producer.redis, request_id)
     if record is None:
         raise HTTPException(404, f"No request-log record for '{request_id}'.")
-    return _public(record)
-
-
-def _public(record: RequestRecord) -> dict[str, Any]:
-    return record.model_dump(mode="json")
+    return record

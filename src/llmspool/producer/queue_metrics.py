@@ -43,6 +43,17 @@ class StreamStats:
         return self.lag + self.pending
 
 
+@dataclass
+class _Group:
+    """A stream's length and its consumer group's numbers, from the first pass."""
+
+    length: int
+    lag: int = 0
+    pending: int = 0
+    #: The group's last-delivered-id; None when the group does not exist.
+    last: str | None = None
+
+
 @dataclass(frozen=True)
 class ModelQueues:
     """Every queue number of one model."""
@@ -70,11 +81,11 @@ async def snapshot(redis: Redis, registry: Registry, models: Sequence[str]) -> l
             _stream_stats(queue, groups[i][j], oldest[i][j]) for j, queue in enumerate(QUEUES)
         )
         workers = None if counts is None else counts.get(model, 0)
-        result.append(ModelQueues(model, streams, groups[i][2]["length"], workers))
+        result.append(ModelQueues(model, streams, groups[i][2].length, workers))
     return result
 
 
-async def _first_pass(redis: Redis, models: Sequence[str]) -> list[list[dict[str, Any]]]:
+async def _first_pass(redis: Redis, models: Sequence[str]) -> list[list[_Group]]:
     pipe = redis.pipeline(transaction=False)
     for model in models:
         for stream in keys.model_streams(model):
@@ -86,37 +97,38 @@ async def _first_pass(redis: Redis, models: Sequence[str]) -> list[list[dict[str
     return [_parse_model(replies[i * per_model : (i + 1) * per_model]) for i in range(len(models))]
 
 
-def _parse_model(replies: list[Any]) -> list[dict[str, Any]]:
+def _parse_model(replies: list[Any]) -> list[_Group]:
+    """The work streams' groups, then the dead stream's length."""
     parsed = [_group_info(replies[2 * j], replies[2 * j + 1]) for j in range(len(QUEUES))]
-    parsed.append({"length": _int(replies[-1])})
+    parsed.append(_Group(length=_int(replies[-1])))
     return parsed
 
 
-def _group_info(groups: Any, length: Any) -> dict[str, Any]:
-    info: dict[str, Any] = {"length": _int(length), "lag": 0, "pending": 0, "last": None}
+def _group_info(groups: Any, length: Any) -> _Group:
+    info = _Group(length=_int(length))
     if isinstance(groups, ResponseError | BaseException) or not groups:
         return info
     for group in groups:
         fields = {_text(k): v for k, v in group.items()}
         if _text(fields.get("name")) != keys.GROUP:
             continue
-        info["pending"] = _int(fields.get("pending"))
-        info["last"] = _text(fields.get("last-delivered-id"))
+        info.pending = _int(fields.get("pending"))
+        info.last = _text(fields.get("last-delivered-id"))
         lag = fields.get("lag")
         # Redis leaves lag unset when deletions make it unknowable; the length bounds it.
-        info["lag"] = _int(lag) if lag is not None else max(info["length"] - info["pending"], 0)
+        info.lag = _int(lag) if lag is not None else max(info.length - info.pending, 0)
     return info
 
 
 async def _oldest_undelivered(
-    redis: Redis, models: Sequence[str], groups: list[list[dict[str, Any]]]
+    redis: Redis, models: Sequence[str], groups: list[list[_Group]]
 ) -> list[list[float]]:
     """Age in seconds of the first entry not yet delivered in each stream (0 when none)."""
     pipe = redis.pipeline(transaction=False)
     for i, model in enumerate(models):
         for j, stream in enumerate(keys.model_streams(model)):
             info = groups[i][j]
-            start = f"({info['last']}" if info["last"] else "-"
+            start = f"({info.last}" if info.last else "-"
             pipe.xrange(stream, min=start, max="+", count=1)
     replies = await pipe.execute(raise_on_error=False)
     now = time.time()
@@ -131,9 +143,9 @@ def _age(reply: Any, now: float) -> float:
     return max(now - int(entry_id.split("-")[0]) / 1000, 0.0)
 
 
-def _stream_stats(queue: str, info: dict[str, Any], oldest: float) -> StreamStats:
-    age = oldest if info["lag"] else 0.0
-    return StreamStats(queue, info["length"], info["lag"], info["pending"], age)
+def _stream_stats(queue: str, info: _Group, oldest: float) -> StreamStats:
+    age = oldest if info.lag else 0.0
+    return StreamStats(queue, info.length, info.lag, info.pending, age)
 
 
 async def _worker_counts(registry: Registry) -> dict[str, int] | None:

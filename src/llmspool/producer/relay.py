@@ -80,11 +80,6 @@ class ReplyRelay:
         if self._shards is not None:
             await self._shards.close()
 
-    @property
-    def listening(self) -> int:
-        """Requests currently waiting for replies."""
-        return len(self._queues)
-
     async def subscribe(self, channel: str, confirm: bool = True) -> asyncio.Queue[bytes]:
         """Start routing ``channel`` into a new queue; with ``confirm``, return once Redis
         has confirmed the subscription, else once the SUBSCRIBE is written."""
@@ -135,7 +130,7 @@ class ReplyRelay:
         """Connect, and subscribe the home channel and every channel being followed."""
         conn = self._conn
         assert conn is not None
-        await conn.connect()  # type: ignore[no-untyped-call]
+        await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         self._heard_at = asyncio.get_running_loop().time()
         channels: list[str | bytes] = [self._home, *self._queues]
         for i in range(0, len(channels), _RESUBSCRIBE_BATCH):

@@ -65,6 +65,7 @@ from llmspool.shared.registry import WorkerInfo
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 
+# FastAPI's type for a route's documented responses
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 500, 503, 504)
 }
@@ -77,11 +78,13 @@ _SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
 _CHAT = {200: {"model": ChatCompletion, "content": _SSE}, **_ERRORS}
 _COMPLETION = {200: {"model": Completion, "content": _SSE}, **_ERRORS}
 _EMBEDDINGS = {200: {"model": EmbeddingList}, **_ERRORS}
+_EVENTS = {200: {"description": "The reply as SSE chunks.", "content": _SSE}, **_ERRORS}
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that parses its own body (see :func:`_parse`);
-    app._openapi adds the model's schema to the spec's components."""
+    """The OpenAPI request body (a JSON fragment, as FastAPI's ``openapi_extra`` takes it) of a
+    route that parses its own body (see :func:`_parse`); app._openapi adds the model's schema
+    to the spec's components."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
@@ -140,7 +143,11 @@ async def embeddings(body: EmbeddingRequest, request: Request, producer: Produce
     return _embedding_list(reply, final, body.encoding_format)
 
 
-@router.get("/v1/requests/{request_id}/events", response_model=None, responses=_ERRORS)
+@router.get(
+    "/v1/requests/{request_id}/events",
+    response_model=None,
+    responses=_EVENTS,
+)
 async def request_events(
     request_id: str,
     producer: ProducerDep,

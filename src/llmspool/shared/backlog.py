@@ -144,6 +144,7 @@ async def _fill_undelivered(redis: Redis, stats: StreamStats, group: dict[str, A
 
 
 def _group(groups: Any) -> dict[str, Any] | None:
+    """Our group's entry of an XINFO GROUPS reply (redis-py: a dict of mixed values)."""
     if not isinstance(groups, list):
         return None
     for group in groups:

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llmspool.shared.errors import ConfigError, ModelNotFound
 
+#: A parsed TOML table, as tomllib types it; validated into the models below.
+Table = dict[str, Any]
+
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_CONFIG_FILE = Path("llmspool.toml")
 
@@ -64,7 +67,8 @@ class ModelConfig(BaseModel):
     max_attempts: int = Field(default=3, ge=1)
     capabilities: tuple[Capability, ...] = ("chat", "completion")
     autoscale: Autoscale = Field(default_factory=Autoscale)
-    options: dict[str, Any] = Field(default_factory=dict)
+    #: Validated by the backend's own options model (consumers.backends.check_options).
+    options: Table = Field(default_factory=dict)
 
     @property
     def target_per_worker(self) -> int:
@@ -133,14 +137,14 @@ def load_config(path: Path | None = None) -> Config:
     return parse_config(data, source=str(path))
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+def parse_config(data: Table, source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc, data)}") from None
 
 
-def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+def _describe(exc: ValidationError, data: Table) -> str:
     problems = []
     for err in exc.errors():
         loc = _location(err["loc"], data)
@@ -164,7 +168,7 @@ def _message(err: Any) -> str:
     return str(err["msg"])
 
 
-def _location(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+def _location(loc: tuple[int | str, ...], data: Table) -> str:
     """'models[gemma].options.n_ctx' rather than 'models.0.options.n_ctx'."""
     parts: list[str] = []
     for i, part in enumerate(loc):
@@ -176,7 +180,7 @@ def _location(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     return ".".join(parts)
 
 
-def _model_name(data: dict[str, Any], index: int) -> str:
+def _model_name(data: Table, index: int) -> str:
     try:
         return str(data["models"][index]["name"])
     except (KeyError, IndexError, TypeError):

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from llmspool.shared import keys
+from llmspool.shared import commands, keys
 
 DrainMode = Literal["drain", "stop"]
 
@@ -56,21 +56,21 @@ async def model_controls(redis: Redis, models: list[str]) -> dict[str, ModelCont
 async def set_pin(redis: Redis, model: str, workers: int | None) -> None:
     """Pin ``model`` to ``workers`` (None: back to autoscaling)."""
     if workers is None:
-        await redis.hdel(keys.control(model), "pin")  # type: ignore[misc]
+        await commands.hdel(redis, keys.control(model), "pin")
     else:
-        await redis.hset(keys.control(model), "pin", str(workers))  # type: ignore[misc]
+        await commands.hset(redis, keys.control(model), {"pin": str(workers)})
 
 
 async def set_offline(redis: Redis, model: str, offline: bool) -> None:
     if offline:
-        await redis.hset(keys.control(model), "offline", "1")  # type: ignore[misc]
+        await commands.hset(redis, keys.control(model), {"offline": "1"})
     else:
-        await redis.hdel(keys.control(model), "offline")  # type: ignore[misc]
+        await commands.hdel(redis, keys.control(model), "offline")
 
 
 async def request_restart(redis: Redis, model: str) -> int:
     """Ask for a rolling restart of ``model``'s workers; returns the restart generation."""
-    return int(await redis.hincrby(keys.control(model), "restart", 1))  # type: ignore[misc]
+    return await commands.hincrby(redis, keys.control(model), "restart")
 
 
 async def request_drain(redis: Redis, worker_id: str, mode: DrainMode) -> None:
@@ -94,11 +94,11 @@ class ReloadStatus(BaseModel):
 
 async def request_reload(redis: Redis) -> int:
     """Ask the control loop to re-read the models file; returns the request number."""
-    return int(await redis.hincrby(keys.RELOAD, "requested", 1))  # type: ignore[misc]
+    return await commands.hincrby(redis, keys.RELOAD, "requested")
 
 
 async def reload_status(redis: Redis) -> ReloadStatus:
-    raw: dict[Any, Any] = await redis.hgetall(keys.RELOAD)  # type: ignore[misc]
+    raw = await commands.hgetall(redis, keys.RELOAD)
     fields = {_text(k): _text(v) for k, v in raw.items()}
     return ReloadStatus(
         requested=int(fields.get("requested") or 0),
@@ -108,8 +108,7 @@ async def reload_status(redis: Redis) -> ReloadStatus:
 
 
 async def record_reload(redis: Redis, applied: int, result: str) -> None:
-    mapping: Any = {"applied": str(applied), "result": result}
-    await redis.hset(keys.RELOAD, mapping=mapping)  # type: ignore[misc]
+    await commands.hset(redis, keys.RELOAD, {"applied": str(applied), "result": result})
 
 
 def _text(value: Any) -> str:

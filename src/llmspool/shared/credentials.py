@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from llmspool.shared import keys
+from llmspool.shared import commands, keys
 
 KEY_PREFIX = "sk-llmspool-"
 
@@ -49,9 +49,9 @@ class ApiKey(BaseModel):
 
     @classmethod
     def from_hash(cls, data: dict[bytes, bytes] | dict[str, str]) -> ApiKey:
-        fields: dict[str, Any] = {_text(k): _text(v) for k, v in data.items()}
-        fields["models"] = tuple(m for m in fields.get("models", "").split(",") if m)
-        return cls.model_validate(fields)
+        fields = {_text(k): _text(v) for k, v in data.items()}
+        models = tuple(m for m in fields.pop("models", "").split(",") if m)
+        return cls.model_validate({**fields, "models": models})
 
 
 def digest(secret: str) -> str:
@@ -78,16 +78,16 @@ async def create(redis: Redis, **fields: Any) -> tuple[str, ApiKey]:
 
 async def lookup(redis: Redis, secret: str) -> ApiKey | None:
     """The record of ``secret``, or None when it is unknown or revoked."""
-    data = await redis.hgetall(keys.api_key(digest(secret)))  # type: ignore[misc]
+    data = await commands.hgetall(redis, keys.api_key(digest(secret)))
     return ApiKey.from_hash(data) if data else None
 
 
 async def list_keys(redis: Redis) -> list[ApiKey]:
     """Every live key, oldest first."""
-    index: dict[bytes, bytes] = await redis.hgetall(keys.API_KEY_INDEX)  # type: ignore[misc]
+    index = await commands.hgetall(redis, keys.API_KEY_INDEX)
     records = []
     for hashed in index.values():
-        data = await redis.hgetall(keys.api_key(_text(hashed)))  # type: ignore[misc]
+        data = await commands.hgetall(redis, keys.api_key(_text(hashed)))
         if data:
             records.append(ApiKey.from_hash(data))
     return sorted(records, key=lambda r: r.created)
@@ -95,11 +95,11 @@ async def list_keys(redis: Redis) -> list[ApiKey]:
 
 async def revoke(redis: Redis, key_id: str) -> bool:
     """Delete the key with id ``key_id``; False when there is none. Takes effect at once."""
-    hashed = await redis.hget(keys.API_KEY_INDEX, key_id)  # type: ignore[misc]
+    hashed = await commands.hget(redis, keys.API_KEY_INDEX, key_id)
     if hashed is None:
         return False
     await redis.delete(keys.api_key(_text(hashed)))
-    await redis.hdel(keys.API_KEY_INDEX, key_id)  # type: ignore[misc]
+    await commands.hdel(redis, keys.API_KEY_INDEX, key_id)
     return True
 
 

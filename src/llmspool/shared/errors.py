@@ -51,7 +51,7 @@ class LLMSpoolError(Exception):
         self.code = code or self.default_code
 
     def to_dict(self) -> dict[str, Any]:
-        """The OpenAI error body."""
+        """The OpenAI error body (JSON, as ``protocol.ErrorResponse`` describes it)."""
         return {
             "error": {
                 "message": self.message,

@@ -168,6 +168,38 @@ def batch_job_id(step: str, batch_id: str) -> str:
     return f"{PREFIX}:{step}:{batch_id}"
 
 
+# ------------------------------------------------------------------- arq's keys (batch steps)
+# arq names these itself (``arq.constants``, from the queue name and the job ids above); they are
+# declared here so that every name llmspool's processes write is in this module.
+# tests/test_keys.py checks them against arq.
+
+#: String: the batch worker's health line (arq writes it every ``health_check_interval``).
+BATCH_JOBS_HEALTH_CHECK = f"{BATCH_JOBS_QUEUE}:health-check"
+
+#: Sorted set: ids of arq jobs asked to abort (llmspool never aborts; arq reads it).
+ARQ_ABORT = "arq:abort"
+
+
+def arq_job(job_id: str) -> str:
+    """String: one queued arq job (its function and arguments, pickled)."""
+    return f"arq:job:{job_id}"
+
+
+def arq_in_progress(job_id: str) -> str:
+    """String with a TTL: the arq job runs now (a second enqueue of it is a no-op)."""
+    return f"arq:in-progress:{job_id}"
+
+
+def arq_retry(job_id: str) -> str:
+    """Integer: how many times arq has tried the job."""
+    return f"arq:retry:{job_id}"
+
+
+def arq_result(job_id: str) -> str:
+    """String: an arq job's result (batch steps keep none: ``keep_result=0``)."""
+    return f"arq:result:{job_id}"
+
+
 #: API keys and their limit counters live under their own prefix, so a Redis ACL can give the
 #: workers ``~llmspool:*`` without letting them read or mint keys (docs/security.md).
 AUTH_PREFIX = f"{PREFIX}-auth"

@@ -128,14 +128,15 @@ class ReplyMeta(BaseModel):
     @classmethod
     def of(cls, job: Job) -> ReplyMeta:
         body = job.body
-        options = getattr(body, "stream_options", None)
+        streamed = not isinstance(body, EmbeddingRequest) and bool(body.stream)
+        options = None if isinstance(body, EmbeddingRequest) else body.stream_options
         return cls(
             request_id=job.request_id,
             kind=job.kind,
             model=job.model,
             created=job.enqueued_at,
             deadline=job.deadline,
-            stream=bool(getattr(body, "stream", False)),
+            stream=streamed,
             include_usage=bool(options and options.include_usage),
             n=getattr(body, "n", None) or 1,
         )

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from llmspool.shared import controlstate, keys
+from llmspool.shared import commands, controlstate, keys
 from llmspool.shared.backlog import QueueSummary, queue_stats
 from llmspool.shared.config import Config, parse_config
 from llmspool.shared.controlstate import DrainMode, ReloadStatus
@@ -53,7 +53,7 @@ class ModelStatus(BaseModel):
 
 
 async def controller_state(redis: Redis) -> ControllerState:
-    raw: dict[Any, Any] = await redis.hgetall(keys.CONTROLLER)  # type: ignore[misc]
+    raw = await commands.hgetall(redis, keys.CONTROLLER)
     fields = {_text(k): _text(v) for k, v in raw.items()}
     if not fields:
         return ControllerState()
@@ -222,7 +222,7 @@ async def requeue_dead(
     now = time.time()
     job.update(enqueued_at=f"{now:.6f}", deadline=f"{now + (model.timeout or timeout):.6f}")
     args = [value for pair in job.items() for value in pair]
-    new_id: Any = await redis.eval(_REQUEUE, 2, dead, stream, dead_id, *args)  # type: ignore[misc]
+    new_id = await commands.run_script(redis, _REQUEUE, [dead, stream], [dead_id, *args])
     if new_id is None:
         raise NotFound(f"dead job '{dead_id}' was requeued or removed meanwhile", param="entry_id")
     return Requeued(

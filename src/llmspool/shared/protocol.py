@@ -163,8 +163,6 @@ class EmbeddingRequest(RequestModel):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-GenerationRequest = ChatCompletionRequest | CompletionRequest
-
 # ---------------------------------------------------------------------------------- responses
 
 

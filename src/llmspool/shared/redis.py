@@ -70,6 +70,7 @@ def is_cluster(redis: Redis) -> bool:
 async def publish(redis: Redis, channel: str, message: bytes | str) -> None:
     """PUBLISH, or SPUBLISH on a cluster (which would copy a PUBLISH to every node)."""
     if is_cluster(redis):
+        # redis-py leaves execute_command unannotated
         await redis.execute_command("SPUBLISH", channel, message)  # type: ignore[no-untyped-call]
     else:
         await redis.publish(channel, message)
@@ -143,6 +144,7 @@ class _UnlockedPool(ConnectionPool):
     async def get_connection(
         self, command_name: str | None = None, *keys: object, **options: object
     ) -> AbstractConnection:
+        # redis-py leaves get_available_connection unannotated
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         if connection.is_connected and _clean(connection):
             return connection

@@ -33,6 +33,9 @@ from llmspool.shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: A request's parameters (temperature, max_tokens, ...) as its JSON body gave them.
+Params = dict[str, Any]
+
 #: Fields of a request body that are its content, not its parameters.
 _CONTENT_FIELDS = {"messages", "prompt", "input", "model"}
 _JSON_FIELDS = ("params", "prompt")
@@ -66,7 +69,7 @@ class RequestRecord(BaseModel):
     backend: str | None = None
     worker: str | None = None
     attempt: int = 0
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Params = Field(default_factory=dict)
     prompt: Any = None
     output: str | None = None
     prompt_tokens: int | None = None
@@ -91,14 +94,14 @@ class RequestRecord(BaseModel):
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: dict[str, str]) -> RequestRecord:
-        data: dict[str, Any] = dict(fields)
+        data: dict[str, Any] = dict(fields)  # the JSON fields are decoded in place
         for name in _JSON_FIELDS:
             if name in data:
                 data[name] = orjson.loads(data[name])
         return cls.model_validate({**data, "entry_id": entry_id})
 
 
-def request_parts(body: RequestBody) -> tuple[dict[str, Any], Any]:
+def request_parts(body: RequestBody) -> tuple[Params, Any]:
     """A request's parameters (what shapes generation) and its content (what it is about)."""
     params = body.model_dump(exclude=_CONTENT_FIELDS, exclude_none=True)
     if isinstance(body, ChatCompletionRequest):

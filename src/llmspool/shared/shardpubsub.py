@@ -73,7 +73,7 @@ class _Shard:
     async def subscribe(self, channel: str) -> None:
         self.channels.add(channel)
         if self._reader is None:
-            await self._conn.connect()  # type: ignore[no-untyped-call]
+            await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             self._reader = asyncio.create_task(self._read_forever(), name=f"shard-{self._name}")
         await self._conn.send_command("SSUBSCRIBE", channel)
 
@@ -109,6 +109,6 @@ class _Shard:
     async def _resubscribe(self) -> None:
         await self._conn.disconnect()
         with contextlib.suppress(*UNAVAILABLE):
-            await self._conn.connect()  # type: ignore[no-untyped-call]
+            await self._conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             for channel in list(self.channels):
                 await self._conn.send_command("SSUBSCRIBE", channel)

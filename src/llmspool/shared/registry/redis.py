@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from llmspool.shared import keys
+from llmspool.shared import commands, keys
 from llmspool.shared.registry.base import TTL_SECONDS, Registry, WorkerInfo, by_model_and_age
 
 
@@ -45,7 +45,7 @@ class RedisRegistry(Registry):
     async def live_workers(self, model: str | None = None) -> list[WorkerInfo]:
         workers = []
         async for key in self.redis.scan_iter(match=keys.worker_pattern(), count=500):
-            raw: dict[Any, Any] = await self.redis.hgetall(key)  # type: ignore[misc]
+            raw = await commands.hgetall(self.redis, _s(key))
             if raw:  # expired between the scan and the read
                 workers.append(WorkerInfo.model_validate({_s(k): _s(v) for k, v in raw.items()}))
         return by_model_and_age(workers, model)
