@@ -1,11 +1,12 @@
 """The ``transformers`` backend: a Hugging Face causal LM on PyTorch, CPU by default.
 
-``model.generate`` is blocking, so each job runs it in its own thread with a
-``TextIteratorStreamer``; the job's tokens reach the event loop through
-:class:`ThreadedGeneration`. A stopping criterion ends the generation when the job is cancelled
-or a stop sequence matched, and counts the generated tokens for ``usage``. Chat prompts are
-rendered with the tokenizer's own chat template. Embeddings are the mean of the last hidden
-states over the text's tokens, L2-normalised.
+By default concurrent jobs are decoded together: one thread owns the model and runs every
+job's steps in one batch (:mod:`~llmspool.consumers.backends.decoder`); a job's tokens reach
+its event loop as they come. With ``batching = false`` (or a model whose cache the loop cannot
+pad) each job runs ``model.generate`` in its own thread with a ``TextIteratorStreamer``, read
+through :class:`ThreadedGeneration`; a stopping criterion ends it when the job is cancelled or a
+stop sequence matched. Chat prompts are rendered with the tokenizer's own chat template.
+Embeddings are the mean of the last hidden states over the text's tokens, L2-normalised.
 
 Only local files are read (``local_files_only``): a hub name works when it is already in the
 Hugging Face cache, and nothing is ever downloaded.
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +36,7 @@ from llmspool.consumers.backends.base import (
     prompt_of,
     sampling_params,
 )
+from llmspool.consumers.backends.decoder import BatchDecoder, Sequence, batchable
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest, UnsupportedCapability
 from llmspool.shared.messages import Job
@@ -40,6 +44,7 @@ from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, T
 
 MISSING = "the transformers backend needs PyTorch and transformers: pip install 'llmspool[torch]'"
 _STREAM_TIMEOUT = 600.0  # seconds the streamer waits for the next token before giving up
+log = logging.getLogger(__name__)
 
 
 class Options(BackendOptions):
@@ -53,6 +58,11 @@ class Options(BackendOptions):
     trust_remote_code: bool = Field(
         default=False, description="Allow the model's own Python code to run."
     )
+    batching: bool = Field(
+        default=True,
+        description="Decode concurrent jobs together in one batch; false: one "
+        "model.generate thread per job.",
+    )
 
 
 class TransformersBackend:
@@ -64,6 +74,7 @@ class TransformersBackend:
         self.max_concurrency = model.max_concurrency
         self._lm: Any = None
         self._tokenizer: Any = None
+        self.decoder: BatchDecoder | None = None
         # The Rust tokenizer refuses concurrent calls that change its settings.
         self._tokenizer_lock = threading.Lock()
         self._seed_lock = threading.Lock()
@@ -73,6 +84,13 @@ class TransformersBackend:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
+        if self.options.batching and batchable(self._lm):
+            self.decoder = BatchDecoder(self._lm, self._text_of, self._eos_ids())
+            self.decoder.start()
+        elif self.options.batching:
+            log.warning(
+                "model %s: its cache has sliding-window layers; not batched", self.model.name
+            )
 
     def _load(self) -> None:
         try:
@@ -115,14 +133,58 @@ class TransformersBackend:
         return self.options.model
 
     async def stop(self) -> None:
+        if self.decoder is not None:
+            await asyncio.to_thread(self.decoder.stop)
+            self.decoder = None
         self._lm = self._tokenizer = None
+
+    def _eos_ids(self) -> set[int]:
+        eos = self._lm.generation_config.eos_token_id
+        return set(eos) if isinstance(eos, list) else {eos}
+
+    def _text_of(self, tokens: list[int]) -> str:
+        with self._tokenizer_lock:
+            return str(self._tokenizer.decode(tokens, skip_special_tokens=True))
 
     # ------------------------------------------------------------------ generation
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
         prompt = prompt_of(job)
+        if self.decoder is not None:
+            return self._batched(job.request_id, prompt, params)
         return ThreadedGeneration(lambda stop: self._produce(prompt, params, stop)).__aiter__()
+
+    async def _batched(
+        self, request_id: str, prompt: Prompt, params: SamplingParams
+    ) -> AsyncIterator[Delta]:
+        """The job's deltas from the decode loop; leaving early cancels it there."""
+        ids, limit = await asyncio.to_thread(self._prompt_ids, prompt, params)
+        decoder = self.decoder
+        if decoder is None:
+            raise EngineError("the transformers backend is not started")
+        inbox: asyncio.Queue[object] = asyncio.Queue()
+        sequence = Sequence(request_id, ids, params, limit, _emitter(inbox))
+        decoder.submit(sequence)
+        try:
+            while True:
+                item = await inbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if not isinstance(item, Delta):
+                    raise EngineError(f"the decode loop sent {item!r}")
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            sequence.cancelled = True  # the loop drops it before its next step
+
+    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> tuple[list[int], int]:
+        """The prompt's token ids and how many tokens it may generate."""
+        inputs = self.encode(prompt, dict(params.chat_template_kwargs))
+        ids: list[int] = inputs["input_ids"][0].tolist()
+        context = int(self._lm.config.max_position_embeddings)
+        return ids, generation_budget(params, len(ids), context, prompt.is_chat)
 
     def encode(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> Any:
         """The prompt as model inputs (``input_ids``, ``attention_mask``) on the device."""
@@ -282,6 +344,18 @@ class _Run:
 
     def _ended_on_eos(self) -> bool:
         return self.criterion.last_token in self.ends
+
+
+def _emitter(inbox: asyncio.Queue[object]) -> Callable[[object], None]:
+    """A thread-safe hand-off of the decode loop's items to ``inbox``'s event loop."""
+    loop = asyncio.get_running_loop()
+
+    def emit(item: object) -> None:
+        # A closed loop means nobody reads this job any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    return emit
 
 
 def token_streamer(tokenizer: Any) -> Any:

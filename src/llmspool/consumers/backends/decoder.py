@@ -1,0 +1,337 @@
+"""The transformers backend's batched decode loop: concurrent jobs share every forward pass.
+
+One thread owns the model. A job joins through an inbox; it is prefilled alone (its own
+``DynamicCache``), samples its first token at once (time to first token does not wait for the
+batch), then joins the running batch before the next step: its cache is left-padded to the
+batch's length and concatenated along the batch axis. Every step feeds one token per sequence,
+with a 2-D attention mask (zeros on padding) and per-row position ids, so a padded row computes
+what it would alone. A sequence that finished or was cancelled leaves before the next step: its
+rows are dropped, and cache columns that are padding in every remaining row are trimmed.
+
+Each sequence samples with its own parameters (greedy at temperature 0, else temperature and
+top-p) and, when it has a seed, its own ``torch.Generator``: its tokens do not depend on what
+else is batched with it. Stopping is per sequence: end of sequence, ``max_tokens``, or a stop
+string (:class:`StopMatcher`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmspool.consumers.backends.base import Delta, SamplingParams, StopMatcher
+from llmspool.shared.errors import EngineError
+from llmspool.shared.protocol import FinishReason, Usage
+
+#: Hands an item (a :class:`Delta`, or an exception to raise) to the job's event loop.
+Emit = Callable[[object], None]
+#: Called before each decode step with the request ids in the batch (tests, instrumentation).
+StepHook = Callable[[tuple[str, ...]], None]
+#: Called with each sampled token and its row of logits (before sampling's transforms).
+TokenHook = Callable[[int, Any], None]
+
+_STOP = object()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One job in the decode loop: its prompt, sampling, stopping and output channel."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    limit: int
+    emit: Emit
+    on_token: TokenHook | None = None
+    cancelled: bool = False
+    finish: FinishReason | None = None
+    tokens: list[int] = field(default_factory=list)
+    matcher: StopMatcher = field(init=False)
+    generator: Any = None
+    _printed: int = 0
+    _pending: int = 0
+
+    def __post_init__(self) -> None:
+        self.matcher = StopMatcher(self.params.stop)
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.finish is not None
+
+    def accept(self, token: int, decoder: BatchDecoder) -> None:
+        """Take one sampled token: release its text, and finish if it ends the sequence."""
+        if token in decoder.eos_ids:
+            return self._end("stop", decoder)
+        self.tokens.append(token)
+        self._pending += 1
+        self._release(decoder.text_of(self.tokens))
+        if self.matcher.matched:
+            return self._end("stop", decoder)
+        if len(self.tokens) >= self.limit:
+            self._end("length", decoder)
+
+    def _release(self, text: str, final: bool = False) -> None:
+        if text.endswith("\ufffd") and not final:
+            return  # the rest of the character comes with the next token
+        released = self.matcher.feed(text[self._printed :])
+        self._printed = len(text)
+        if released:
+            self.emit(Delta(text=released, tokens=self._pending))
+            self._pending = 0
+
+    def _end(self, reason: FinishReason, decoder: BatchDecoder) -> None:
+        if not self.matcher.matched:
+            self._release(decoder.text_of(self.tokens), final=True)
+        self.finish = "stop" if self.matcher.matched else reason
+        tail = "" if self.matcher.matched else self.matcher.flush()
+        prompt, completion = len(self.prompt_ids), len(self.tokens)
+        usage = Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+        self.emit(Delta(text=tail, tokens=self._pending, finish_reason=self.finish, usage=usage))
+
+
+@dataclass
+class _Batch:
+    """The running batch: its sequences, one shared KV cache, mask, positions, next inputs."""
+
+    rows: list[Sequence] = field(default_factory=list)
+    cache: Any = None
+    mask: Any = None  # [rows, cached tokens], 1 where a row has a real token
+    positions: Any = None  # [rows], the position of each row's next token
+    next_ids: Any = None  # [rows], each row's last sampled token, fed at the next step
+
+
+class BatchDecoder:
+    """The decode loop: one thread that owns the model and runs every job's steps together."""
+
+    def __init__(self, lm: Any, text_of: Callable[[list[int]], str], eos_ids: set[int]) -> None:
+        self.lm = lm
+        self.text_of = text_of
+        self.eos_ids = eos_ids
+        self.device = lm.device
+        self.cache_arg = _cache_argument(lm)
+        self.on_step: StepHook | None = None
+        self.submitted = 0
+        self.steps = 0
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._batch = _Batch()
+        self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, sequence: Sequence) -> None:
+        self.submitted += 1
+        self._inbox.put(sequence)
+
+    def stop(self) -> None:
+        """End the loop; sequences still running get an error."""
+        self._inbox.put(_STOP)
+        self._thread.join()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while self._admit():
+                self._leave()
+                if self._batch.rows:
+                    self._guarded(self._step, list(self._batch.rows))
+        self._fail(list(self._batch.rows), EngineError("the transformers backend stopped"))
+
+    def _admit(self) -> bool:
+        """Prefill what waits in the inbox (blocking while the batch is empty); False: stop."""
+        block = not self._batch.rows
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                self._drain()
+                return False
+            if isinstance(item, Sequence) and not item.cancelled:
+                self._guarded(self._prefill, [item], item)
+            block = not self._batch.rows
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Sequence):
+                self._fail([item], EngineError("the transformers backend stopped"))
+
+    def _guarded(self, work: Callable[..., None], involved: list[Sequence], *args: Any) -> None:
+        """Run ``work``; an engine failure fails the sequences involved, and the batch resets."""
+        try:
+            work(*args)
+        except Exception as exc:
+            self._fail(involved, exc)
+            if any(s in self._batch.rows for s in involved):
+                self._batch = _Batch()
+
+    @staticmethod
+    def _fail(sequences: list[Sequence], exc: BaseException) -> None:
+        for sequence in sequences:
+            if not sequence.done:
+                sequence.finish = "stop"
+                sequence.emit(exc)
+
+    # ------------------------------------------------------------------ prefill and steps
+
+    def _prefill(self, sequence: Sequence) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        if sequence.params.seed is not None:
+            sequence.generator = torch.Generator(device=self.device)
+            sequence.generator.manual_seed(sequence.params.seed)
+        ids = torch.tensor([sequence.prompt_ids], device=self.device)
+        cache = DynamicCache(config=self.lm.config)
+        kwargs = {self.cache_arg: cache}
+        out = self.lm(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
+        (token,) = self._sample(out.logits[:, -1, :], [sequence])
+        sequence.accept(token, self)
+        if not sequence.done:
+            self._join(sequence, cache, token)
+
+    def _step(self) -> None:
+        import torch
+
+        batch = self._batch
+        if self.on_step is not None:
+            self.on_step(tuple(s.request_id for s in batch.rows))
+        ones = torch.ones((len(batch.rows), 1), dtype=batch.mask.dtype, device=self.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+        out = self.lm(
+            input_ids=batch.next_ids[:, None],
+            attention_mask=batch.mask,
+            position_ids=batch.positions[:, None],
+            use_cache=True,
+            **{self.cache_arg: batch.cache},  # the cache grows in place
+        )
+        self.steps += 1
+        batch.positions = batch.positions + 1
+        tokens = self._sample(out.logits[:, -1, :], batch.rows)
+        batch.next_ids = torch.tensor(tokens, device=self.device)
+        for sequence, token in zip(batch.rows, tokens, strict=True):
+            sequence.accept(token, self)
+
+    def _sample(self, logits: Any, rows: list[Sequence]) -> list[int]:
+        """One token per row, each with its row's parameters and generator."""
+        chosen: list[int] = logits.argmax(dim=-1).tolist()
+        for i, sequence in enumerate(rows):
+            if sequence.params.temperature > 0:
+                chosen[i] = sample_row(logits[i], sequence.params, sequence.generator)
+            if sequence.on_token is not None:
+                sequence.on_token(chosen[i], logits[i])
+        return chosen
+
+    # ------------------------------------------------------------------ joining and leaving
+
+    def _join(self, sequence: Sequence, cache: Any, token: int) -> None:
+        import torch
+
+        batch = self._batch
+        length = len(sequence.prompt_ids)
+        mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+        if batch.rows:
+            width = batch.mask.shape[1]
+            cache, mask = _left_pad(cache, mask, width - length)
+            batch.cache, batch.mask = _left_pad(batch.cache, batch.mask, length - width)
+            _concat(batch.cache, cache)
+            mask = torch.cat([batch.mask, mask], dim=0)
+            position = torch.tensor([length], device=self.device)
+            batch.positions = torch.cat([batch.positions, position])
+            batch.next_ids = torch.cat([batch.next_ids, torch.tensor([token], device=self.device)])
+        else:
+            batch.cache = cache
+            batch.positions = torch.tensor([length], device=self.device)
+            batch.next_ids = torch.tensor([token], device=self.device)
+        batch.mask = mask
+        batch.rows.append(sequence)
+
+    def _leave(self) -> None:
+        """Drop finished and cancelled rows, and the columns no remaining row uses."""
+        batch = self._batch
+        keep = [i for i, s in enumerate(batch.rows) if not s.done]
+        if len(keep) == len(batch.rows):
+            return
+        if not keep:
+            self._batch = _Batch()
+            return
+        index = _index(keep, self.device)
+        batch.rows = [batch.rows[i] for i in keep]
+        batch.mask = batch.mask.index_select(0, index)
+        batch.positions = batch.positions.index_select(0, index)
+        batch.next_ids = batch.next_ids.index_select(0, index)
+        first = int(batch.mask.any(dim=0).nonzero()[0])
+        batch.mask = batch.mask[:, first:]
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
+            layer.values = layer.values.index_select(0, index)[:, :, first:]
+
+
+def sample_row(logits: Any, params: SamplingParams, generator: Any) -> int:
+    """Sample one token from one row of logits: temperature, then top-p (nucleus)."""
+    import torch
+
+    scores = logits.float() / params.temperature
+    if params.top_p < 1.0:
+        ordered, order = scores.sort(descending=True)
+        probs = ordered.softmax(dim=-1)
+        beyond = probs.cumsum(dim=-1) - probs > params.top_p  # the first token always stays
+        ordered = ordered.masked_fill(beyond, float("-inf"))
+        scores = torch.empty_like(scores).scatter_(0, order, ordered)
+    probs = scores.softmax(dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _index(rows: list[int], device: Any) -> Any:
+    import torch
+
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _left_pad(cache: Any, mask: Any, width: int) -> tuple[Any, Any]:
+    """``cache`` and ``mask`` with ``width`` masked columns added on the left (if positive)."""
+    import torch.nn.functional as F
+
+    if width <= 0:
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys = F.pad(layer.keys, (0, 0, width, 0))
+        layer.values = F.pad(layer.values, (0, 0, width, 0))
+    return cache, F.pad(mask, (width, 0))
+
+
+def _concat(cache: Any, other: Any) -> None:
+    """Append ``other``'s rows to ``cache`` (same number of columns)."""
+    import torch
+
+    for layer, extra in zip(cache.layers, other.layers, strict=True):
+        layer.keys = torch.cat([layer.keys, extra.keys], dim=0)
+        layer.values = torch.cat([layer.values, extra.values], dim=0)
+
+
+def _cache_argument(lm: Any) -> str:
+    """The forward argument that takes the KV cache: ``cache`` (transformers 5.x) or the
+    older ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def batchable(lm: Any) -> bool:
+    """Whether ``lm``'s cache has only full-attention layers, whose rows this loop can pad."""
+    from transformers import DynamicCache
+
+    layers = DynamicCache(config=lm.config).layers
+    return all(type(layer).__name__ == "DynamicLayer" for layer in layers)
