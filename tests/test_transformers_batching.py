@@ -1,0 +1,201 @@
+"""The transformers backend's batched decode loop, on the tiny random Llama.
+
+The loop's step hook (``BatchDecoder.on_step``) sees the request ids of every step's batch; a
+:class:`Gate` records them and can hold the decode thread at a step, so the tests arrange who is
+batched with whom without timing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from llmspool.consumers.backends import create_backend
+from llmspool.consumers.backends.base import Delta
+from llmspool.consumers.backends.decoder import BatchDecoder
+from llmspool.consumers.backends.transformers import TransformersBackend
+from llmspool.shared.config import ModelConfig
+from llmspool.shared.messages import Job
+from tests.engines import SPECS
+from tests.test_backend_contract import completion_job, run
+
+pytestmark = [pytest.mark.torch, pytest.mark.asyncio(loop_scope="module")]
+
+TOKENS = 12
+PROMPTS = ["hello", "the quick brown fox jumps over", "queues hum", "a model deployment layer"]
+
+
+def _model(tiny_llama: Path, **options: Any) -> ModelConfig:
+    return ModelConfig(
+        name="contract",
+        backend="transformers",
+        max_concurrency=8,
+        options={"model": str(tiny_llama), **options},
+    )
+
+
+async def _started(config: ModelConfig) -> TransformersBackend:
+    missing = SPECS["transformers"].missing()
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}")
+    backend = create_backend(config)
+    assert isinstance(backend, TransformersBackend)
+    await backend.start()
+    return backend
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def backend(tiny_llama: Path) -> AsyncIterator[TransformersBackend]:
+    started = await _started(_model(tiny_llama))
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+def decoder(backend: TransformersBackend) -> Iterator[BatchDecoder]:
+    assert backend.decoder is not None, "batching is on by default"
+    yield backend.decoder
+    backend.decoder.on_step = None
+
+
+class Gate:
+    """A step hook: records each step's batch; holds the decode thread at a step until opened."""
+
+    def __init__(self, hold: Callable[[tuple[str, ...]], bool]) -> None:
+        self.hold = hold
+        self.steps: list[tuple[str, ...]] = []
+        self.opened = threading.Event()
+        self.held = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def __call__(self, ids: tuple[str, ...]) -> None:
+        self.steps.append(ids)
+        if not self.opened.is_set() and self.hold(ids):
+            self._loop.call_soon_threadsafe(self.held.set)
+            self.opened.wait(60)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def batched(backend: TransformersBackend, jobs: list[Job]) -> list[tuple[str, Delta]]:
+    """Run ``jobs`` so that all of them are in the batch together from the second step on."""
+    decoder = backend.decoder
+    assert decoder is not None
+    gate = Gate(lambda ids: True)  # hold the first step until every job waits in the inbox
+    decoder.on_step = gate
+    before = decoder.submitted
+    tasks = [asyncio.create_task(run(backend, job)) for job in jobs]
+    await asyncio.wait_for(gate.held.wait(), 60)
+    await until(lambda: decoder.submitted - before == len(jobs))
+    gate.open()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+    assert any(len(ids) == len(jobs) for ids in gate.steps), gate.steps
+    return results
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+async def test_concurrent_jobs_share_decode_steps(
+    backend: TransformersBackend, decoder: BatchDecoder
+) -> None:
+    jobs = [completion_job(p, max_tokens=TOKENS, temperature=0) for p in PROMPTS]
+    steps = decoder.steps
+    results = await batched(backend, jobs)
+    for _, final in results:
+        assert final.usage is not None and final.usage.completion_tokens == TOKENS
+    # Alone, each job would take TOKENS - 1 decode steps after its prefill.
+    assert decoder.steps - steps < 2 * TOKENS < len(jobs) * (TOKENS - 1)
+
+
+async def test_a_cancelled_sequence_leaves_the_batch_while_others_continue(
+    backend: TransformersBackend, decoder: BatchDecoder
+) -> None:
+    leaving = completion_job(PROMPTS[0], max_tokens=400, temperature=0)
+    staying = completion_job(PROMPTS[1], max_tokens=3 * TOKENS, temperature=0)
+    both = {leaving.request_id, staying.request_id}
+    gate = Gate(lambda ids: set(ids) == both)  # hold the first step that batches both
+    decoder.on_step = gate
+    got: list[Delta] = []
+
+    async def consume() -> None:
+        async for delta in backend.generate(leaving):
+            got.append(delta)
+
+    task = asyncio.create_task(consume())
+    other = asyncio.create_task(run(backend, staying))
+    await asyncio.wait_for(gate.held.wait(), 60)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    held_at = len(gate.steps)  # the held step is the last one that may still carry it
+    gate.open()
+    _, final = await asyncio.wait_for(other, 120)
+    assert final.finish_reason == "length" and final.usage is not None
+    assert final.usage.completion_tokens == 3 * TOKENS
+    after = gate.steps[held_at:]
+    assert after and all(ids == (staying.request_id,) for ids in after), after
+    assert all(d.finish_reason is None for d in got)
+
+
+async def test_greedy_text_is_the_same_batched_alone_and_unbatched(
+    backend: TransformersBackend, decoder: BatchDecoder, tiny_llama: Path
+) -> None:
+    jobs = [completion_job(p, max_tokens=TOKENS, temperature=0) for p in PROMPTS]
+    together = [text for text, _ in await batched(backend, jobs)]
+    alone = [(await run(backend, job))[0] for job in jobs]
+    assert together == alone
+    unbatched = await _started(_model(tiny_llama, batching=False))
+    try:
+        assert unbatched.decoder is None
+        assert [(await run(unbatched, job))[0] for job in jobs] == alone
+    finally:
+        await unbatched.stop()
+
+
+async def test_a_sequence_joining_mid_flight_decodes_as_alone(
+    backend: TransformersBackend, decoder: BatchDecoder
+) -> None:
+    first = completion_job(PROMPTS[3], max_tokens=3 * TOKENS, temperature=0)
+    joining = completion_job(PROMPTS[0], max_tokens=TOKENS, temperature=0)
+    gate = Gate(lambda ids: len(ids) == 1 and len(gate.steps) > TOKENS)
+    decoder.on_step = gate
+    running = asyncio.create_task(run(backend, first))
+    await asyncio.wait_for(gate.held.wait(), 60)  # the first is TOKENS steps in
+    submitted = decoder.submitted
+    later = asyncio.create_task(run(backend, joining))
+    await until(lambda: decoder.submitted > submitted)
+    gate.open()
+    (text, _), (first_text, _) = await asyncio.wait_for(asyncio.gather(later, running), 120)
+    assert any(len(ids) == 2 for ids in gate.steps)
+    decoder.on_step = None
+    assert text == (await run(backend, joining))[0]
+    assert first_text == (await run(backend, first))[0]
+
+
+async def test_a_seed_gives_the_same_text_whatever_is_batched_with_it(
+    backend: TransformersBackend, decoder: BatchDecoder
+) -> None:
+    seeded = {"max_tokens": TOKENS, "temperature": 1.0, "top_p": 0.9, "seed": 99}
+    alone, _ = await run(backend, completion_job(PROMPTS[1], **seeded))
+    others = [
+        completion_job(PROMPTS[0], max_tokens=TOKENS, temperature=1.0),
+        completion_job(PROMPTS[2], max_tokens=TOKENS, temperature=0.7, seed=5),
+        completion_job(PROMPTS[3], max_tokens=TOKENS, temperature=0),
+    ]
+    results = await batched(backend, [completion_job(PROMPTS[1], **seeded), *others])
+    assert results[0][0] == alone
