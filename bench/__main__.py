@@ -23,7 +23,7 @@ from bench import report, suites
 from bench.procs import ROOT
 
 BENCH = ROOT / "bench"
-SUITES = ("overhead", "capacity", "real", "batch")
+SUITES = ("overhead", "capacity", "real", "batch", "transformers")
 
 BATCH_PENDING = (
     "## Batch\n\n**Pending**: the batch API (issue 6) had not landed on main when this harness "
@@ -99,6 +99,8 @@ def _suite(name: str, profile: suites.Profile, workdir: Path) -> list[dict[str, 
         return suites.real_model(profile, workdir)
     if name == "batch" and suites.batch_available():
         return suites.batch(profile, workdir)
+    if name == "transformers" and suites.transformers_available():
+        return suites.transformers(profile, workdir)
     return []
 
 

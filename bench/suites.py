@@ -1,4 +1,4 @@
-"""The benchmark suites: overhead, capacity, real model, batch.
+"""The benchmark suites: overhead, capacity, real model, batch, transformers batching.
 
 Each suite starts its systems, runs interleaved measurements (every repetition visits every
 level, and every level visits every system, in rotated order), and returns result rows: one
@@ -9,6 +9,7 @@ component spent during it.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import os
 import random
@@ -42,6 +43,7 @@ class Profile:
     real_requests: int
     capacity_reps: int = 1
     batch_lines: int = 2000
+    transformers_concurrency: tuple[int, ...] = (1, 4, 8)
     seed: int = 20261125
     litellm: bool = True
     real_model: bool = True
@@ -51,7 +53,18 @@ PROFILES = {
     "full": Profile("full", (1, 8, 32, 64, 128, 256), (10, 40, 100), 2, 1.5, 5.0, (16, 64), 6),
     "quick": Profile("quick", (1, 8, 64), (40,), 1, 1.0, 3.0, (64,), 2, batch_lines=500),
     "smoke": Profile(
-        "smoke", (2,), (20,), 1, 0.3, 0.7, (4,), 0, batch_lines=50, litellm=False, real_model=False
+        "smoke",
+        (2,),
+        (20,),
+        1,
+        0.3,
+        0.7,
+        (4,),
+        0,
+        batch_lines=50,
+        transformers_concurrency=(2,),
+        litellm=False,
+        real_model=False,
     ),
 }
 
@@ -475,3 +488,50 @@ def _batch_row(info: dict[str, Any], lines: int) -> Row:
         "lines_per_s": counts.get("completed", 0) / seconds if seconds else None,
         "tok_per_s": tokens / seconds if tokens and seconds else None,
     }
+
+
+#: The transformers suite: the tiny random Llama of the tests, on the CPU, greedy (its end of
+#: sequence is practically never chosen, so every reply is TRANSFORMERS_TOKENS long).
+TRANSFORMERS_TOKENS = 64
+TRANSFORMERS_MODEL = """
+[[models]]
+name = "tiny"
+backend = "transformers"
+max_concurrency = 8
+[models.options]
+model = "{path}"
+batching = {batching}
+"""
+#: One torch thread per worker: on a small shared machine torch's intra-op threads wait on each
+#: other (a step of the tiny model took 70 ms with 2 threads under load, 1.3 ms with one).
+TRANSFORMERS_ENV = {"OMP_NUM_THREADS": "1"}
+TRANSFORMERS_SYSTEMS = {"batched decode loop": "true", "one generate thread per job": "false"}
+
+
+def transformers_available() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("torch", "transformers"))
+
+
+def transformers(profile: Profile, workdir: Path) -> list[Row]:
+    """The transformers worker on the tiny Llama: batched decoding vs one ``model.generate``
+    thread per job (``batching = false``, the path before batching), closed loop."""
+    from tests.tiny_model import build_tiny_llama
+
+    path = build_tiny_llama(workdir / "tiny-llama")
+    spools = {
+        name: procs.Llmspool(
+            workdir / f"transformers-{flag}",
+            TRANSFORMERS_MODEL.format(path=path, batching=flag),
+            "tiny",
+            env=TRANSFORMERS_ENV,
+        )
+        for name, flag in TRANSFORMERS_SYSTEMS.items()
+    }
+    with running(*spools.values()):
+        systems = []
+        for name, spool in spools.items():
+            spool.start()
+            systems.append(llmspool_system(name, spool, TRANSFORMERS_TOKENS, temperature=0))
+        modes = [("closed", float(c)) for c in profile.transformers_concurrency]
+        rows = asyncio.run(sweep(systems, profile, modes))
+    return [{**row, "suite": "transformers"} for row in rows]
