@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from llmspool.consumers.backends import create_backend
 from llmspool.consumers.backends.base import Delta
-from llmspool.consumers.backends.decoder import BatchDecoder
+from llmspool.consumers.backends.decoder import BatchDecoder, Sequence
 from llmspool.consumers.backends.transformers import TransformersBackend
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import Job
@@ -65,6 +65,13 @@ def decoder(backend: TransformersBackend) -> Iterator[BatchDecoder]:
     backend.decoder.on_step = None
 
 
+@pytest.fixture
+def inbox(decoder: BatchDecoder, monkeypatch: pytest.MonkeyPatch) -> Inbox:
+    counted = Inbox(decoder)
+    monkeypatch.setattr(decoder, "submit", counted.submit)
+    return counted
+
+
 class Gate:
     """A step hook: records each step's batch; holds the decode thread at a step until opened."""
 
@@ -85,22 +92,40 @@ class Gate:
         self.opened.set()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
+class Inbox:
+    """Counts the decoder's submissions (made on the event loop), to await a number of them."""
+
+    def __init__(self, decoder: BatchDecoder) -> None:
+        self.count = 0
+        self._wanted = 0
+        self._reached = asyncio.Event()
+        self._submit = decoder.submit
+
+    def submit(self, sequence: Sequence) -> None:
+        self._submit(sequence)
+        self.count += 1
+        if self.count >= self._wanted:
+            self._reached.set()
+
+    async def reached(self, count: int) -> None:
+        self._wanted = count
+        if self.count < count:
+            self._reached.clear()
+            await asyncio.wait_for(self._reached.wait(), 60)
 
 
-async def batched(backend: TransformersBackend, jobs: list[Job]) -> list[tuple[str, Delta]]:
+async def batched(
+    backend: TransformersBackend, inbox: Inbox, jobs: list[Job]
+) -> list[tuple[str, Delta]]:
     """Run ``jobs`` so that all of them are in the batch together from the second step on."""
     decoder = backend.decoder
     assert decoder is not None
     gate = Gate(lambda ids: True)  # hold the first step until every job waits in the inbox
     decoder.on_step = gate
-    before = decoder.submitted
+    wanted = inbox.count + len(jobs)
     tasks = [asyncio.create_task(run(backend, job)) for job in jobs]
     await asyncio.wait_for(gate.held.wait(), 60)
-    await until(lambda: decoder.submitted - before == len(jobs))
+    await inbox.reached(wanted)
     gate.open()
     results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
     assert any(len(ids) == len(jobs) for ids in gate.steps), gate.steps
@@ -111,11 +136,11 @@ async def batched(backend: TransformersBackend, jobs: list[Job]) -> list[tuple[s
 
 
 async def test_concurrent_jobs_share_decode_steps(
-    backend: TransformersBackend, decoder: BatchDecoder
+    backend: TransformersBackend, decoder: BatchDecoder, inbox: Inbox
 ) -> None:
     jobs = [completion_job(p, max_tokens=TOKENS, temperature=0) for p in PROMPTS]
     steps = decoder.steps
-    results = await batched(backend, jobs)
+    results = await batched(backend, inbox, jobs)
     for _, final in results:
         assert final.usage is not None and final.usage.completion_tokens == TOKENS
     # Alone, each job would take TOKENS - 1 decode steps after its prefill.
@@ -153,10 +178,10 @@ async def test_a_cancelled_sequence_leaves_the_batch_while_others_continue(
 
 
 async def test_greedy_text_is_the_same_batched_alone_and_unbatched(
-    backend: TransformersBackend, decoder: BatchDecoder, tiny_llama: Path
+    backend: TransformersBackend, inbox: Inbox, tiny_llama: Path
 ) -> None:
     jobs = [completion_job(p, max_tokens=TOKENS, temperature=0) for p in PROMPTS]
-    together = [text for text, _ in await batched(backend, jobs)]
+    together = [text for text, _ in await batched(backend, inbox, jobs)]
     alone = [(await run(backend, job))[0] for job in jobs]
     assert together == alone
     unbatched = await _started(_model(tiny_llama, batching=False))
@@ -168,7 +193,7 @@ async def test_greedy_text_is_the_same_batched_alone_and_unbatched(
 
 
 async def test_a_sequence_joining_mid_flight_decodes_as_alone(
-    backend: TransformersBackend, decoder: BatchDecoder
+    backend: TransformersBackend, decoder: BatchDecoder, inbox: Inbox
 ) -> None:
     first = completion_job(PROMPTS[3], max_tokens=3 * TOKENS, temperature=0)
     joining = completion_job(PROMPTS[0], max_tokens=TOKENS, temperature=0)
@@ -176,9 +201,9 @@ async def test_a_sequence_joining_mid_flight_decodes_as_alone(
     decoder.on_step = gate
     running = asyncio.create_task(run(backend, first))
     await asyncio.wait_for(gate.held.wait(), 60)  # the first is TOKENS steps in
-    submitted = decoder.submitted
+    wanted = inbox.count + 1
     later = asyncio.create_task(run(backend, joining))
-    await until(lambda: decoder.submitted > submitted)
+    await inbox.reached(wanted)
     gate.open()
     (text, _), (first_text, _) = await asyncio.wait_for(asyncio.gather(later, running), 120)
     assert any(len(ids) == 2 for ids in gate.steps)
@@ -188,7 +213,7 @@ async def test_a_sequence_joining_mid_flight_decodes_as_alone(
 
 
 async def test_a_seed_gives_the_same_text_whatever_is_batched_with_it(
-    backend: TransformersBackend, decoder: BatchDecoder
+    backend: TransformersBackend, inbox: Inbox
 ) -> None:
     seeded = {"max_tokens": TOKENS, "temperature": 1.0, "top_p": 0.9, "seed": 99}
     alone, _ = await run(backend, completion_job(PROMPTS[1], **seeded))
@@ -197,5 +222,5 @@ async def test_a_seed_gives_the_same_text_whatever_is_batched_with_it(
         completion_job(PROMPTS[2], max_tokens=TOKENS, temperature=0.7, seed=5),
         completion_job(PROMPTS[3], max_tokens=TOKENS, temperature=0),
     ]
-    results = await batched(backend, [completion_job(PROMPTS[1], **seeded), *others])
+    results = await batched(backend, inbox, [completion_job(PROMPTS[1], **seeded), *others])
     assert results[0][0] == alone

@@ -114,9 +114,12 @@ class BatchDecoder:
         self.text_of = text_of
         self.eos_ids = eos_ids
         self.device = lm.device
-        self.cache_arg = _cache_argument(lm)
+        accepted = inspect.signature(lm.forward).parameters
+        # transformers 5 names the KV cache argument ``cache``; 4.x ``past_key_values``.
+        self.cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        # A prefill needs the logits of the last position only.
+        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
         self.on_step: StepHook | None = None
-        self.submitted = 0
         self.steps = 0
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._batch = _Batch()
@@ -126,7 +129,6 @@ class BatchDecoder:
         self._thread.start()
 
     def submit(self, sequence: Sequence) -> None:
-        self.submitted += 1
         self._inbox.put(sequence)
 
     def stop(self) -> None:
@@ -197,8 +199,8 @@ class BatchDecoder:
             sequence.generator.manual_seed(sequence.params.seed)
         ids = torch.tensor([sequence.prompt_ids], device=self.device)
         cache = DynamicCache(config=self.lm.config)
-        kwargs = {self.cache_arg: cache}
-        out = self.lm(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
+        kwargs = {self.cache_arg: cache, **self.last_only}
+        out = self.lm(input_ids=ids, use_cache=True, **kwargs)
         (token,) = self._sample(out.logits[:, -1, :], [sequence])
         sequence.accept(token, self)
         if not sequence.done:
@@ -321,12 +323,6 @@ def _concat(cache: Any, other: Any) -> None:
     for layer, extra in zip(cache.layers, other.layers, strict=True):
         layer.keys = torch.cat([layer.keys, extra.keys], dim=0)
         layer.values = torch.cat([layer.values, extra.values], dim=0)
-
-
-def _cache_argument(lm: Any) -> str:
-    """The forward argument that takes the KV cache: ``cache`` (transformers 5.x) or the
-    older ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def batchable(lm: Any) -> bool:
