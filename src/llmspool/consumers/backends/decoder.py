@@ -105,6 +105,39 @@ class _Batch:
     positions: Any = None  # [rows], the position of each row's next token
     next_ids: Any = None  # [rows], each row's last sampled token, fed at the next step
 
+    def add(self, sequence: Sequence, cache: Any, token: int, device: Any) -> None:
+        """Append a prefilled sequence; the shorter side (it or the batch) is left-padded."""
+        import torch
+
+        length = len(sequence.prompt_ids)
+        mask = torch.ones((1, length), dtype=torch.long, device=device)
+        if self.mask is None:
+            self.cache = cache
+        else:
+            width = self.mask.shape[1]
+            cache, mask = _left_pad(cache, mask, width - length)
+            self.cache, self.mask = _left_pad(self.cache, self.mask, length - width)
+            _concat(self.cache, cache)
+        self.mask = _stack(self.mask, mask)
+        self.positions = _stack(self.positions, torch.tensor([length], device=device))
+        self.next_ids = _stack(self.next_ids, torch.tensor([token], device=device))
+        self.rows.append(sequence)
+
+    def keep(self, rows: list[int], device: Any) -> None:
+        """Keep only ``rows``, then trim the columns that are padding in all of them."""
+        import torch
+
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        self.rows = [self.rows[i] for i in rows]
+        mask = self.mask.index_select(0, index)
+        first = int(mask.any(dim=0).nonzero()[0])
+        self.mask = mask[:, first:]
+        self.positions = self.positions.index_select(0, index)
+        self.next_ids = self.next_ids.index_select(0, index)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
+            layer.values = layer.values.index_select(0, index)[:, :, first:]
+
 
 class BatchDecoder:
     """The decode loop: one thread that owns the model and runs every job's steps together."""
@@ -204,7 +237,7 @@ class BatchDecoder:
         (token,) = self._sample(out.logits[:, -1, :], [sequence])
         sequence.accept(token, self)
         if not sequence.done:
-            self._join(sequence, cache, token)
+            self._batch.add(sequence, cache, token, self.device)
 
     def _step(self) -> None:
         import torch
@@ -240,47 +273,13 @@ class BatchDecoder:
 
     # ------------------------------------------------------------------ joining and leaving
 
-    def _join(self, sequence: Sequence, cache: Any, token: int) -> None:
-        import torch
-
-        batch = self._batch
-        length = len(sequence.prompt_ids)
-        mask = torch.ones((1, length), dtype=torch.long, device=self.device)
-        if batch.rows:
-            width = batch.mask.shape[1]
-            cache, mask = _left_pad(cache, mask, width - length)
-            batch.cache, batch.mask = _left_pad(batch.cache, batch.mask, length - width)
-            _concat(batch.cache, cache)
-            mask = torch.cat([batch.mask, mask], dim=0)
-            position = torch.tensor([length], device=self.device)
-            batch.positions = torch.cat([batch.positions, position])
-            batch.next_ids = torch.cat([batch.next_ids, torch.tensor([token], device=self.device)])
-        else:
-            batch.cache = cache
-            batch.positions = torch.tensor([length], device=self.device)
-            batch.next_ids = torch.tensor([token], device=self.device)
-        batch.mask = mask
-        batch.rows.append(sequence)
-
     def _leave(self) -> None:
         """Drop finished and cancelled rows, and the columns no remaining row uses."""
-        batch = self._batch
-        keep = [i for i, s in enumerate(batch.rows) if not s.done]
-        if len(keep) == len(batch.rows):
-            return
+        keep = [i for i, s in enumerate(self._batch.rows) if not s.done]
         if not keep:
             self._batch = _Batch()
-            return
-        index = _index(keep, self.device)
-        batch.rows = [batch.rows[i] for i in keep]
-        batch.mask = batch.mask.index_select(0, index)
-        batch.positions = batch.positions.index_select(0, index)
-        batch.next_ids = batch.next_ids.index_select(0, index)
-        first = int(batch.mask.any(dim=0).nonzero()[0])
-        batch.mask = batch.mask[:, first:]
-        for layer in batch.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-            layer.values = layer.values.index_select(0, index)[:, :, first:]
+        elif len(keep) < len(self._batch.rows):
+            self._batch.keep(keep, self.device)
 
 
 def sample_row(logits: Any, params: SamplingParams, generator: Any) -> int:
@@ -298,10 +297,11 @@ def sample_row(logits: Any, params: SamplingParams, generator: Any) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _index(rows: list[int], device: Any) -> Any:
+def _stack(rows: Any, more: Any) -> Any:
+    """``more`` appended to ``rows`` along the batch axis (``rows`` may be None: no batch)."""
     import torch
 
-    return torch.tensor(rows, dtype=torch.long, device=device)
+    return more if rows is None else torch.cat([rows, more], dim=0)
 
 
 def _left_pad(cache: Any, mask: Any, width: int) -> tuple[Any, Any]:
