@@ -177,13 +177,15 @@ async def test_a_cancelled_sequence_leaves_the_batch_while_others_continue(
     assert all(d.finish_reason is None for d in got)
 
 
-async def test_greedy_text_is_the_same_batched_alone_and_unbatched(
+async def test_greedy_and_seeded_text_is_the_same_batched_alone_and_unbatched(
     backend: TransformersBackend, inbox: Inbox, tiny_llama: Path
 ) -> None:
     jobs = [completion_job(p, max_tokens=TOKENS, temperature=0) for p in PROMPTS]
+    jobs.append(completion_job(PROMPTS[2], max_tokens=TOKENS, temperature=0.8, top_p=0.9, seed=3))
     together = [text for text, _ in await batched(backend, inbox, jobs)]
     alone = [(await run(backend, job))[0] for job in jobs]
     assert together == alone
+    # The per-job path (model.generate) runs the same processors from the same seed.
     unbatched = await _started(_model(tiny_llama, batching=False))
     try:
         assert unbatched.decoder is None

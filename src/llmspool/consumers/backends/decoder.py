@@ -8,9 +8,9 @@ with a 2-D attention mask (zeros on padding) and per-row position ids, so a padd
 what it would alone. A sequence that finished or was cancelled leaves before the next step: its
 rows are dropped, and cache columns that are padding in every remaining row are trimmed.
 
-Each sequence samples with its own parameters (greedy at temperature 0, else temperature and
-top-p) and, when it has a seed, its own ``torch.Generator``: its tokens do not depend on what
-else is batched with it. Stopping is per sequence: end of sequence, ``max_tokens``, or a stop
+Each sequence chooses its tokens with its own parameters and, when it has a seed, its own
+``torch.Generator`` (:class:`RowSampler`): its tokens do not depend on what else is batched
+with it. Stopping is per sequence: end of sequence, ``max_tokens``, or a stop
 string (:class:`StopMatcher`).
 """
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmspool.consumers.backends.base import Delta, SamplingParams, StopMatcher
+from llmspool.consumers.backends.sampler import RowSampler
 from llmspool.shared.errors import EngineError
 from llmspool.shared.protocol import FinishReason, Usage
 
@@ -46,17 +47,23 @@ class Sequence:
     params: SamplingParams
     limit: int
     emit: Emit
+    #: token ids that end it (the model's end of sequence)
+    ends: frozenset[int] = frozenset()
     on_token: TokenHook | None = None
     cancelled: bool = False
     finish: FinishReason | None = None
     tokens: list[int] = field(default_factory=list)
     matcher: StopMatcher = field(init=False)
-    generator: Any = None
+    sampler: RowSampler | None = None  # made by the loop's thread, at the prefill
     _printed: int = 0
     _pending: int = 0
 
     def __post_init__(self) -> None:
         self.matcher = StopMatcher(self.params.stop)
+
+    def ids(self) -> list[int]:
+        """The prompt and the tokens so far (for processors that read them)."""
+        return self.prompt_ids + self.tokens
 
     @property
     def done(self) -> bool:
@@ -64,7 +71,7 @@ class Sequence:
 
     def accept(self, token: int, decoder: BatchDecoder) -> None:
         """Take one sampled token: release its text, and finish if it ends the sequence."""
-        if token in decoder.eos_ids:
+        if token in self.ends:
             return self._end("stop", decoder)
         self.tokens.append(token)
         self._pending += 1
@@ -142,10 +149,9 @@ class _Batch:
 class BatchDecoder:
     """The decode loop: one thread that owns the model and runs every job's steps together."""
 
-    def __init__(self, lm: Any, text_of: Callable[[list[int]], str], eos_ids: set[int]) -> None:
+    def __init__(self, lm: Any, text_of: Callable[[list[int]], str]) -> None:
         self.lm = lm
         self.text_of = text_of
-        self.eos_ids = eos_ids
         self.device = lm.device
         accepted = inspect.signature(lm.forward).parameters
         # transformers 5 names the KV cache argument ``cache``; 4.x ``past_key_values``.
@@ -227,9 +233,7 @@ class BatchDecoder:
         import torch
         from transformers import DynamicCache
 
-        if sequence.params.seed is not None:
-            sequence.generator = torch.Generator(device=self.device)
-            sequence.generator.manual_seed(sequence.params.seed)
+        sequence.sampler = RowSampler(sequence.params, self.device)
         ids = torch.tensor([sequence.prompt_ids], device=self.device)
         cache = DynamicCache(config=self.lm.config)
         kwargs = {self.cache_arg: cache, **self.last_only}
@@ -265,8 +269,9 @@ class BatchDecoder:
         """One token per row, each with its row's parameters and generator."""
         chosen: list[int] = logits.argmax(dim=-1).tolist()
         for i, sequence in enumerate(rows):
-            if sequence.params.temperature > 0:
-                chosen[i] = sample_row(logits[i], sequence.params, sequence.generator)
+            sampler = sequence.sampler
+            if sampler is not None and not sampler.takes_argmax:
+                chosen[i] = sampler.choose(logits[i], sequence.ids)
             if sequence.on_token is not None:
                 sequence.on_token(chosen[i], logits[i])
         return chosen
@@ -280,21 +285,6 @@ class BatchDecoder:
             self._batch = _Batch()
         elif len(keep) < len(self._batch.rows):
             self._batch.keep(keep, self.device)
-
-
-def sample_row(logits: Any, params: SamplingParams, generator: Any) -> int:
-    """Sample one token from one row of logits: temperature, then top-p (nucleus)."""
-    import torch
-
-    scores = logits.float() / params.temperature
-    if params.top_p < 1.0:
-        ordered, order = scores.sort(descending=True)
-        probs = ordered.softmax(dim=-1)
-        beyond = probs.cumsum(dim=-1) - probs > params.top_p  # the first token always stays
-        ordered = ordered.masked_fill(beyond, float("-inf"))
-        scores = torch.empty_like(scores).scatter_(0, order, ordered)
-    probs = scores.softmax(dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _stack(rows: Any, more: Any) -> Any:

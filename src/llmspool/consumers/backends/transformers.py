@@ -85,7 +85,7 @@ class TransformersBackend:
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
         if self.options.batching and batchable(self._lm):
-            self.decoder = BatchDecoder(self._lm, self._text_of, self._eos_ids())
+            self.decoder = BatchDecoder(self._lm, self._text_of)
             self.decoder.start()
         elif self.options.batching:
             log.warning(
@@ -164,7 +164,8 @@ class TransformersBackend:
         if decoder is None:
             raise EngineError("the transformers backend is not started")
         inbox: asyncio.Queue[object] = asyncio.Queue()
-        sequence = Sequence(request_id, ids, params, limit, _emitter(inbox))
+        ends = frozenset(self._eos_ids())
+        sequence = Sequence(request_id, ids, params, limit, _emitter(inbox), ends)
         decoder.submit(sequence)
         try:
             while True:
