@@ -55,8 +55,10 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     matcher: StopMatcher = field(init=False)
     sampler: RowSampler | None = None  # made by the loop's thread, at the prefill
-    _printed: int = 0
-    _pending: int = 0
+    _pending: int = 0  # tokens whose text is not released yet
+    # Incremental detokenizing (vLLM's): text is released from the decode of a few tokens.
+    _prefix_offset: int = 0
+    _read_offset: int = 0
 
     def __post_init__(self) -> None:
         self.matcher = StopMatcher(self.params.stop)
@@ -75,24 +77,34 @@ class Sequence:
             return self._end("stop", decoder)
         self.tokens.append(token)
         self._pending += 1
-        self._release(decoder.text_of(self.tokens))
+        self._release(self._new_text(decoder.text_of))
         if self.matcher.matched:
             return self._end("stop", decoder)
         if len(self.tokens) >= self.limit:
             self._end("length", decoder)
 
-    def _release(self, text: str, final: bool = False) -> None:
-        if text.endswith("\ufffd") and not final:
-            return  # the rest of the character comes with the next token
-        released = self.matcher.feed(text[self._printed :])
-        self._printed = len(text)
+    def _new_text(self, text_of: Callable[[list[int]], str], final: bool = False) -> str:
+        """The text the tokens since the last release add: the decode of a window of tokens
+        (a few before them give the context a tokenizer needs for spaces) minus the decode of
+        that context."""
+        prefix = text_of(self.tokens[self._prefix_offset : self._read_offset])
+        full = text_of(self.tokens[self._prefix_offset :])
+        if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
+            return ""  # nothing yet, or the rest of a character comes with the next token
+        self._prefix_offset, self._read_offset = self._read_offset, len(self.tokens)
+        return full[len(prefix) :]
+
+    def _release(self, text: str) -> None:
+        if not text:
+            return
+        released = self.matcher.feed(text)
         if released:
             self.emit(Delta(text=released, tokens=self._pending))
             self._pending = 0
 
     def _end(self, reason: FinishReason, decoder: BatchDecoder) -> None:
         if not self.matcher.matched:
-            self._release(decoder.text_of(self.tokens), final=True)
+            self._release(self._new_text(decoder.text_of, final=True))
         self.finish = "stop" if self.matcher.matched else reason
         tail = "" if self.matcher.matched else self.matcher.flush()
         prompt, completion = len(self.prompt_ids), len(self.tokens)
