@@ -190,8 +190,31 @@ async def test_greedy_and_seeded_text_is_the_same_batched_alone_and_unbatched(
     try:
         assert unbatched.decoder is None
         assert [(await run(unbatched, job))[0] for job in jobs] == alone
+        job = completion_job(PROMPTS[1], max_tokens=TOKENS, **EXTENDED)
+        text, logprobs = await with_logprobs(backend, job)
+        per_job_text, per_job_logprobs = await with_logprobs(unbatched, job)
+        assert text == per_job_text and logprobs == pytest.approx(per_job_logprobs, abs=1e-4)
     finally:
         await unbatched.stop()
+
+
+#: vLLM's sampling extensions, with logprobs: the batched loop applies them as generate does.
+EXTENDED = {
+    "temperature": 0.9,
+    "seed": 11,
+    "top_k": 20,
+    "min_p": 0.01,
+    "repetition_penalty": 1.3,
+    "min_tokens": TOKENS,
+    "logprobs": 2,
+}
+
+
+async def with_logprobs(backend: TransformersBackend, job: Job) -> tuple[str, list[float]]:
+    deltas = [d async for d in backend.generate(job)]
+    logprobs = [t.logprob for d in deltas for t in d.logprobs or []]
+    assert len(logprobs) == TOKENS
+    return "".join(d.text for d in deltas), logprobs
 
 
 async def test_a_sequence_joining_mid_flight_decodes_as_alone(

@@ -21,19 +21,28 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from llmspool.consumers.backends.base import Delta, SamplingParams, StopMatcher
 from llmspool.consumers.backends.sampler import RowSampler
 from llmspool.shared.errors import EngineError
-from llmspool.shared.protocol import FinishReason, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, Usage
 
 #: Hands an item (a :class:`Delta`, or an exception to raise) to the job's event loop.
 Emit = Callable[[object], None]
 #: Called before each decode step with the request ids in the batch (tests, instrumentation).
 StepHook = Callable[[tuple[str, ...]], None]
-#: Called with each sampled token and its row of logits (before sampling's transforms).
-TokenHook = Callable[[int, Any], None]
+
+
+class TokenRecorder(Protocol):
+    """Makes the logprobs of a sequence's tokens (the backend's), from each step's logits."""
+
+    logits: Any  # the row of raw logits the next ``add`` reads
+
+    def add(self, token: int) -> None: ...
+
+    def take(self) -> list[ChatCompletionTokenLogprob] | None: ...
+
 
 _STOP = object()
 
@@ -47,14 +56,15 @@ class Sequence:
     params: SamplingParams
     limit: int
     emit: Emit
-    #: token ids that end it (the model's end of sequence)
+    sampler: RowSampler
+    #: token ids that end it (the model's end of sequence, ``stop_token_ids``)
     ends: frozenset[int] = frozenset()
-    on_token: TokenHook | None = None
+    #: the logprobs of its tokens, when the job asked for them
+    recorder: TokenRecorder | None = None
     cancelled: bool = False
     finish: FinishReason | None = None
     tokens: list[int] = field(default_factory=list)
     matcher: StopMatcher = field(init=False)
-    sampler: RowSampler | None = None  # made by the loop's thread, at the prefill
     _pending: int = 0  # tokens whose text is not released yet
     # Incremental detokenizing (vLLM's): text is released from the decode of a few tokens.
     _prefix_offset: int = 0
@@ -95,11 +105,10 @@ class Sequence:
         return full[len(prefix) :]
 
     def _release(self, text: str) -> None:
-        if not text:
-            return
-        released = self.matcher.feed(text)
-        if released:
-            self.emit(Delta(text=released, tokens=self._pending))
+        released = self.matcher.feed(text) if text else ""
+        logprobs = self.recorder.take() if self.recorder is not None else None
+        if released or logprobs:
+            self.emit(Delta(text=released, tokens=self._pending, logprobs=logprobs))
             self._pending = 0
 
     def _end(self, reason: FinishReason, decoder: BatchDecoder) -> None:
@@ -107,11 +116,14 @@ class Sequence:
             self._release(self._new_text(decoder.text_of, final=True))
         self.finish = "stop" if self.matcher.matched else reason
         tail = "" if self.matcher.matched else self.matcher.flush()
+        logprobs = None if self.matcher.matched or self.recorder is None else self.recorder.take()
         prompt, completion = len(self.prompt_ids), len(self.tokens)
         usage = Usage(
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
-        self.emit(Delta(text=tail, tokens=self._pending, finish_reason=self.finish, usage=usage))
+        end = Delta(text=tail, tokens=self._pending, finish_reason=self.finish, usage=usage)
+        end.logprobs = logprobs
+        self.emit(end)
 
 
 @dataclass
@@ -245,7 +257,6 @@ class BatchDecoder:
         import torch
         from transformers import DynamicCache
 
-        sequence.sampler = RowSampler(sequence.params, self.device)
         ids = torch.tensor([sequence.prompt_ids], device=self.device)
         cache = DynamicCache(config=self.lm.config)
         kwargs = {self.cache_arg: cache, **self.last_only}
@@ -281,11 +292,12 @@ class BatchDecoder:
         """One token per row, each with its row's parameters and generator."""
         chosen: list[int] = logits.argmax(dim=-1).tolist()
         for i, sequence in enumerate(rows):
-            sampler = sequence.sampler
-            if sampler is not None and not sampler.takes_argmax:
-                chosen[i] = sampler.choose(logits[i], sequence.ids)
-            if sequence.on_token is not None:
-                sequence.on_token(chosen[i], logits[i])
+            if not sequence.sampler.takes_argmax:
+                chosen[i] = sequence.sampler.choose(logits[i], sequence.ids)
+            recorder = sequence.recorder
+            if recorder is not None and chosen[i] not in sequence.ends:
+                recorder.logits = logits[i]
+                recorder.add(chosen[i])
         return chosen
 
     # ------------------------------------------------------------------ joining and leaving

@@ -17,9 +17,14 @@ from llmspool.consumers.backends.base import SamplingParams
 class RowSampler:
     """The token choice of one sequence: its processors, greedy or sampled, its generator."""
 
-    def __init__(self, params: SamplingParams, device: Any) -> None:
+    def __init__(
+        self, params: SamplingParams, device: Any, prompt_tokens: int, limit: int, ends: set[int]
+    ) -> None:
+        """``limit``: tokens the sequence may generate; ``ends``: the tokens that
+        ``min_tokens`` (or ``ignore_eos``) keeps out. transformers' ``ValueError`` for a
+        parameter it refuses comes from here."""
         self.greedy = params.temperature <= 0
-        self.processors = processors(params)
+        self.processors = processors(params, prompt_tokens, limit, ends)
         self.generator = _generator(params.seed, device)
 
     @property
@@ -40,17 +45,44 @@ class RowSampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
-def processors(params: SamplingParams) -> Any:
-    """The ``LogitsProcessorList`` for ``params``, in ``model.generate``'s order."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+def processors(params: SamplingParams, prompt_tokens: int, limit: int, ends: set[int]) -> Any:
+    """The ``LogitsProcessorList`` for ``params``, in ``model.generate``'s order (and from the
+    same arguments as the per-job path's ``generation_kwargs``)."""
+    from transformers import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
 
     chain = LogitsProcessorList()
+    if params.repetition_penalty is not None:
+        chain.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    least = limit if params.ignore_eos else min(params.min_tokens, limit)
+    if least > 0 and ends:
+        chain.append(MinNewTokensLengthLogitsProcessor(prompt_tokens, least, sorted(ends)))
     if params.temperature > 0:
-        if params.temperature != 1.0:
-            chain.append(TemperatureLogitsWarper(params.temperature))
-        if params.top_p < 1.0:
-            chain.append(TopPLogitsWarper(params.top_p))
+        chain.extend(_warpers(params))
     return chain
+
+
+def _warpers(params: SamplingParams) -> list[Any]:
+    from transformers import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers: list[Any] = []
+    if params.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(params.temperature))
+    if params.top_k is not None and params.top_k > 0:
+        warpers.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    if params.min_p:
+        warpers.append(MinPLogitsWarper(params.min_p))
+    return warpers
 
 
 def _generator(seed: int | None, device: Any) -> Any:

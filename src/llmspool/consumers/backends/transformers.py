@@ -36,7 +36,8 @@ from llmspool.consumers.backends.base import (
     prompt_of,
     sampling_params,
 )
-from llmspool.consumers.backends.decoder import BatchDecoder, Sequence, batchable
+from llmspool.consumers.backends.decoder import BatchDecoder, Emit, Sequence, batchable
+from llmspool.consumers.backends.sampler import RowSampler
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest, UnsupportedCapability
 from llmspool.shared.messages import Job
@@ -139,8 +140,7 @@ class TransformersBackend:
         self._lm = self._tokenizer = None
 
     def _eos_ids(self) -> set[int]:
-        eos = self._lm.generation_config.eos_token_id
-        return set(eos) if isinstance(eos, list) else {eos}
+        return _ends(self._lm.generation_config.eos_token_id, None)
 
     def _text_of(self, tokens: list[int]) -> str:
         with self._tokenizer_lock:
@@ -159,13 +159,12 @@ class TransformersBackend:
         self, request_id: str, prompt: Prompt, params: SamplingParams
     ) -> AsyncIterator[Delta]:
         """The job's deltas from the decode loop; leaving early cancels it there."""
-        ids, limit = await asyncio.to_thread(self._prompt_ids, prompt, params)
+        inbox: asyncio.Queue[object] = asyncio.Queue()
+        emit = _emitter(inbox)
+        sequence = await asyncio.to_thread(self._sequence, request_id, prompt, params, emit)
         decoder = self.decoder
         if decoder is None:
             raise EngineError("the transformers backend is not started")
-        inbox: asyncio.Queue[object] = asyncio.Queue()
-        ends = frozenset(self._eos_ids())
-        sequence = Sequence(request_id, ids, params, limit, _emitter(inbox), ends)
         decoder.submit(sequence)
         try:
             while True:
@@ -180,12 +179,26 @@ class TransformersBackend:
         finally:
             sequence.cancelled = True  # the loop drops it before its next step
 
-    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> tuple[list[int], int]:
-        """The prompt's token ids and how many tokens it may generate."""
+    def _sequence(
+        self, request_id: str, prompt: Prompt, params: SamplingParams, emit: Emit
+    ) -> Sequence:
+        """The job as the decode loop runs it: its prompt's ids, budget, end tokens, sampler
+        and logprobs. What the request cannot have is refused here, before it is queued."""
         inputs = self.encode(prompt, dict(params.chat_template_kwargs))
         ids: list[int] = inputs["input_ids"][0].tolist()
         context = int(self._lm.config.max_position_embeddings)
-        return ids, generation_budget(params, len(ids), context, prompt.is_chat)
+        limit = generation_budget(params, len(ids), context, prompt.is_chat)
+        ends = _ends(self._lm.generation_config.eos_token_id, params)
+        try:  # ends or, with ignore_eos, the model's: what min_tokens keeps out
+            sampler = RowSampler(params, self._lm.device, len(ids), limit, ends or self._eos_ids())
+        except ValueError as exc:
+            raise InvalidRequest(f"transformers refused the request: {exc}") from exc
+        recorder = None
+        if params.logprobs is not None:
+            recorder = _Logprobs(self._tokenizer, params.logprobs)
+        sequence = Sequence(request_id, ids, params, limit, emit, sampler, frozenset(ends))
+        sequence.recorder = recorder
+        return sequence
 
     def encode(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> Any:
         """The prompt as model inputs (``input_ids``, ``attention_mask``) on the device."""
@@ -387,12 +400,13 @@ def token_streamer(tokenizer: Any) -> Any:
     )
 
 
-def _ends(eos: Any, params: SamplingParams) -> set[int]:
-    """The token ids that end a generation: the model's end tokens and ``stop_token_ids``."""
-    if params.ignore_eos:
+def _ends(eos: Any, params: SamplingParams | None) -> set[int]:
+    """The token ids that end a generation: the model's end tokens and ``stop_token_ids``
+    (``params`` None: the model's alone)."""
+    if params is not None and params.ignore_eos:
         return set()
     ids = set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
-    return ids | set(params.stop_token_ids)
+    return ids | set(params.stop_token_ids if params is not None else ())
 
 
 class _Logprobs:
