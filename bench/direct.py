@@ -1,14 +1,17 @@
-"""Baseline (A): a minimal OpenAI-compatible server around the same ``fake`` engine, no queue.
+"""Baseline (A): a minimal OpenAI-compatible server around the same engine, no queue.
 
 A bare ASGI app on uvicorn (uvloop, httptools): it validates the body with llmspool's own
-request models, runs :class:`~llmspool.consumers.backends.fake.FakeBackend` in the request's
-task and writes one SSE chunk per token. It is what llmspool would cost if the queue hop were
-free. Run it with ``python -m bench.direct --port N --ttft-ms T --itl-ms I``.
+request models, runs the same backend a worker would (the ``fake`` engine by default) in the
+request's task and writes one SSE chunk per delta. It is what llmspool would cost if the queue
+hop were free. Run it with ``python -m bench.direct --port N --ttft-ms T --itl-ms I``, or on
+another backend with ``--backend transformers --options '{"model": "DIR", "device": "cuda"}'``
+(the GPU record, ``bench/gpu.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,6 +20,8 @@ from typing import Any
 import orjson
 import uvicorn
 
+from llmspool.consumers.backends import create_backend
+from llmspool.consumers.backends.base import Backend
 from llmspool.consumers.backends.fake import FakeBackend, Options
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import Job, JobKind
@@ -33,12 +38,19 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 class DirectApp:
     """POST /v1/chat/completions and /v1/completions (streamed or not), GET /v1/models."""
 
-    def __init__(self, ttft_ms: float, itl_ms: float, model: str = "fake") -> None:
-        config = ModelConfig(name=model, backend="fake", max_concurrency=4096)
+    def __init__(self, engine: Backend, model: str = "fake") -> None:
         self.model = model
-        self.engine = FakeBackend(config, Options(ttft_ms=ttft_ms, itl_ms=itl_ms))
+        self.engine = engine
+
+    @classmethod
+    def fake(cls, ttft_ms: float, itl_ms: float, model: str = "fake") -> DirectApp:
+        config = ModelConfig(name=model, backend="fake", max_concurrency=4096)
+        return cls(FakeBackend(config, Options(ttft_ms=ttft_ms, itl_ms=itl_ms)), model)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         path = scope["path"]
@@ -49,6 +61,15 @@ class DirectApp:
             await self._complete(path.endswith("chat/completions"), await _body(receive), send)
         else:
             await _json(send, 404, {"error": {"message": "not found"}})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Load the engine before the first request, and release it at the end."""
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                await self.engine.start()
+                await send({"type": "lifespan.startup.complete"})
+        await self.engine.stop()
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def _complete(self, chat: bool, raw: bytes, send: Send) -> None:
         model: type[ChatCompletionRequest | CompletionRequest]
@@ -153,10 +174,29 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ttft-ms", type=float, default=0.0)
     parser.add_argument("--itl-ms", type=float, default=0.0)
+    parser.add_argument("--backend", default="fake", help="any llmspool backend")
+    parser.add_argument("--model", default="fake", help="the served model name")
+    parser.add_argument("--options", default="", help="the backend's options, as JSON")
+    parser.add_argument("--max-concurrency", type=int, default=4096)
     args = parser.parse_args()
-    app = DirectApp(args.ttft_ms, args.itl_ms)
+    if args.backend == "fake" and not args.options:
+        app = DirectApp.fake(args.ttft_ms, args.itl_ms, args.model)
+    else:
+        config = ModelConfig(
+            name=args.model,
+            backend=args.backend,
+            max_concurrency=args.max_concurrency,
+            options=json.loads(args.options or "{}"),
+        )
+        app = DirectApp(create_backend(config), args.model)
     uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", loop="uvloop", http="httptools"
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
     )
 
 

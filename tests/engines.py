@@ -84,7 +84,7 @@ SPECS: dict[str, EngineSpec] = {
     ),
     "transformers": EngineSpec(
         backend="transformers",
-        options=lambda r: {"model": str(r["tiny_llama"])},
+        options=lambda r: {"model": str(r["tiny_llama"]), "device": torch_device()},
         requires=("torch", "transformers"),
         resources=("tiny_llama",),
         max_concurrency=2,
@@ -191,6 +191,12 @@ def packaged_gemma() -> Path:
     from llmspool.shared.settings import Settings
 
     return ensure_packaged(GEMMA_3_270M, Settings().cache_dir)
+
+
+def torch_device() -> str:
+    """The torch device the transformers tests run on: the CPU, unless
+    ``LLMSPOOL_TEST_TORCH_DEVICE`` names another (scripts/gpu-check.sh sets ``cuda``)."""
+    return os.environ.get("LLMSPOOL_TEST_TORCH_DEVICE", "cpu")
 
 
 def quiet_env() -> None:
