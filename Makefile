@@ -73,13 +73,15 @@ bench-quick: $(VENV)/.bench redis $(LITELLM_VENV)/bin/litellm
 	PYTHONPATH=$(CURDIR)/src $(BIN)/python -m bench --profile quick
 
 # vLLM's CPU build in its own cached virtualenv (first time ~6 min, 3.5 GB), then the backend
-# contract suite and the vllm backend's own tests on a tiny model the tests build.
+# contract suite, the vllm backend's own tests and the end-to-end tests (the real API, Redis and
+# a vllm worker process) on a tiny model the tests build.
 VLLM_VENV ?= $(HOME)/.cache/llmspool/venv-vllm
 test-vllm: redis
 	VLLM_VENV=$(VLLM_VENV) PYTHON=$(PYTHON) bash scripts/ensure-vllm-venv.sh
 	PYTHONPATH=$(CURDIR)/src VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
-	  $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider --timeout=900 -k vllm \
-	  tests/test_backend_contract.py tests/test_vllm_mapping.py $(PYTEST_ARGS)
+	  $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider --timeout=900 \
+	  -k 'vllm and not transformers' tests/test_backend_contract.py tests/test_vllm_mapping.py \
+	  tests/test_vllm_e2e.py $(PYTEST_ARGS)
 
 # Mixed traffic for CHAOS_SECONDS while workers are killed and Redis restarts; lost must be 0.
 CHAOS_SECONDS ?= 60

@@ -19,6 +19,7 @@ import pytest
 from llmspool.consumers.backends import create_backend
 from llmspool.consumers.backends.base import SamplingParams
 from llmspool.consumers.backends.vllm import (
+    EngineStats,
     Options,
     OutputReader,
     VllmBackend,
@@ -309,3 +310,22 @@ async def test_a_model_without_chat_template_refuses_chat() -> None:
     backend._tokenizer.chat_template = None
     with pytest.raises(UnsupportedCapability, match="no chat template"):
         [d async for d in backend.generate(job())]
+
+
+def test_engine_stats_keep_the_last_step_and_count_tokens() -> None:
+    stats = EngineStats()
+    logger = stats.factory(None, 0)
+    scheduler = type("SchedulerStats", (), {"num_running_reqs": 3, "num_waiting_reqs": 1})
+    iteration = type("IterationStats", (), {"num_generation_tokens": 3})
+    logger.record(scheduler, iteration)
+    logger.record(None, iteration)
+    assert (stats.running, stats.waiting, stats.generated) == (3, 1, 6)
+
+
+async def test_the_engine_counts_reach_the_worker() -> None:
+    engine = Engine(["x"])
+    backend = await started(engine)
+    backend.stats.record(type("S", (), {"num_running_reqs": 2, "num_waiting_reqs": 0}), None)
+    assert backend.engine_running == 2  # no output processor to ask: the last step's count
+    engine.output_processor = type("P", (), {"get_num_unfinished_requests": lambda self: 0})()  # type: ignore[attr-defined]
+    assert backend.engine_running == 0  # an idle engine: its last step's count is stale

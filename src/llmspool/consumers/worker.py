@@ -115,6 +115,8 @@ class Worker:
             tokens=lambda: self.publisher.tokens_sent,
             running=lambda: len(self.running),
             capacity=self.capacity,
+            engine_running=self.engine_running,
+            engine_tokens=self.engine_tokens,
         )
         self._metrics_server: MetricsServer | None = None
         self.drain_timeout = settings.drain_timeout
@@ -210,12 +212,23 @@ class Worker:
         except RegistryUnavailable as exc:
             log.warning("not registered yet: %s", exc.message)
 
+    def engine_running(self) -> int:
+        """Requests the engine runs, where the backend says (vllm); else this worker's jobs."""
+        running: int = getattr(self.backend, "engine_running", len(self.running))
+        return running
+
+    def engine_tokens(self) -> int:
+        """Tokens the engine generated, where the backend counts them (vllm, fake); else 0."""
+        tokens: int = getattr(self.backend, "tokens_generated", 0)
+        return tokens
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self.registry.heartbeat_interval)
             self.info.in_flight = len(self.running)
             self.info.state = "draining" if self._exiting.is_set() else "serving"
-            self.info.engine_tokens = getattr(self.backend, "tokens_generated", 0)
+            self.info.engine_tokens = self.engine_tokens()
+            self.info.engine_running = self.engine_running()
             try:
                 await self.registry.heartbeat(self.info)
             except (RegistryUnavailable, *UNAVAILABLE) as exc:  # keep serving all the same

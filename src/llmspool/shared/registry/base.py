@@ -29,6 +29,9 @@ class WorkerInfo(BaseModel):
     in_flight: int = 0
     #: tokens the engine generated since start, aborted jobs included (where it counts them)
     engine_tokens: int = 0
+    #: requests the engine itself runs, as of its last step (backends that report it: vllm);
+    #: else the jobs this worker runs
+    engine_running: int = 0
     started: float
     last_beat: float = 0.0
     state: str = "serving"
