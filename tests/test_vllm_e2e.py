@@ -67,9 +67,7 @@ ENGINES = {
         ("torch", "transformers"),
         lambda model: {"model": str(model), "device": torch_device()},
         counts=False,
-        # one generate() thread per job, in a pool of min(32, CPUs + 4) threads: on a small
-        # machine the eighth request may start after the first ended
-        batches=False,
+        batches=True,  # a batched decode loop (docs/backends.md)
     ),
 }
 MARKS = {"vllm": [pytest.mark.vllm], "transformers": [pytest.mark.torch]}
