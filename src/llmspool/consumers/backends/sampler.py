@@ -24,7 +24,7 @@ class RowSampler:
         ``min_tokens`` (or ``ignore_eos``) keeps out. transformers' ``ValueError`` for a
         parameter it refuses comes from here."""
         self.greedy = params.temperature <= 0
-        self.processors = processors(params, prompt_tokens, limit, ends)
+        self.processors = processors(params, prompt_tokens, limit, ends, device)
         self.generator = _generator(params.seed, device)
 
     @property
@@ -45,9 +45,11 @@ class RowSampler:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
-def processors(params: SamplingParams, prompt_tokens: int, limit: int, ends: set[int]) -> Any:
+def processors(
+    params: SamplingParams, prompt_tokens: int, limit: int, ends: set[int], device: Any = "cpu"
+) -> Any:
     """The ``LogitsProcessorList`` for ``params``, in ``model.generate``'s order (and from the
-    same arguments as the per-job path's ``generation_kwargs``)."""
+    same arguments as the per-job path's ``generation_kwargs``), its tensors on ``device``."""
     from transformers import (
         LogitsProcessorList,
         MinNewTokensLengthLogitsProcessor,
@@ -59,7 +61,8 @@ def processors(params: SamplingParams, prompt_tokens: int, limit: int, ends: set
         chain.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
     least = limit if params.ignore_eos else min(params.min_tokens, limit)
     if least > 0 and ends:
-        chain.append(MinNewTokensLengthLogitsProcessor(prompt_tokens, least, sorted(ends)))
+        ends_at = sorted(ends)
+        chain.append(MinNewTokensLengthLogitsProcessor(prompt_tokens, least, ends_at, str(device)))
     if params.temperature > 0:
         chain.extend(_warpers(params))
     return chain
