@@ -69,7 +69,7 @@ class CollectedReply:
         self.frames.append(self.final)
 
     def _frame(self, **fields: object) -> ReplyFrame:
-        return ReplyFrame(request_id=self.request_id, seq=0, **fields)  # type: ignore[arg-type]
+        return ReplyFrame.model_validate({"request_id": self.request_id, "seq": 0, **fields})
 
 
 class BatchLines:

@@ -129,7 +129,8 @@ class ReplyStream:
         await self._publisher.flush_and_wait(self)
 
     def _frame(self, **fields: object) -> ReplyFrame:
-        return ReplyFrame(request_id=self.request_id, attempt=self.attempt, seq=0, **fields)  # type: ignore[arg-type]
+        frame = {"request_id": self.request_id, "attempt": self.attempt, "seq": 0, **fields}
+        return ReplyFrame.model_validate(frame)
 
     def _close(self, index: int) -> None:
         """Close the buffer into a frame unless it is empty or already holds ``index``."""

@@ -127,18 +127,18 @@ class ReplyMeta(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> ReplyMeta:
-        body = job.body
-        streamed = not isinstance(body, EmbeddingRequest) and bool(body.stream)
-        options = None if isinstance(body, EmbeddingRequest) else body.stream_options
+        # only generation requests stream and have choices
+        body = None if isinstance(job.body, EmbeddingRequest) else job.body
+        options = body.stream_options if body is not None else None
         return cls(
             request_id=job.request_id,
             kind=job.kind,
             model=job.model,
             created=job.enqueued_at,
             deadline=job.deadline,
-            stream=streamed,
+            stream=body is not None and bool(body.stream),
             include_usage=bool(options and options.include_usage),
-            n=getattr(body, "n", None) or 1,
+            n=(body.n if body is not None else None) or 1,
         )
 
 
