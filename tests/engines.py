@@ -43,6 +43,8 @@ class EngineSpec:
     #: Same seed, same sampled text.
     seeded: bool = True
     embeddings: bool = False
+    #: Serves /tokenize and /detokenize (an upstream may not: llama-cpp-python's server).
+    tokenizes: bool = True
     #: What ``embed`` raises where the engine has no embeddings.
     refusal: type[Exception] = UnsupportedCapability
     #: The engine reports prompt tokens (an upstream server may not, when streaming).
@@ -103,6 +105,7 @@ SPECS: dict[str, EngineSpec] = {
         bad_model={"model": "nonexistent-model"},
         refusal=LLMSpoolError,
         counts_prompt=False,
+        tokenizes=False,
         long_tokens=300,
         marks=("upstream", "llama"),
     ),

@@ -45,7 +45,7 @@ from llmspool.shared.errors import (
     ServiceUnavailable,
 )
 from llmspool.shared.logs import request_id
-from llmspool.shared.messages import Job, JobKind, ReplyFrame
+from llmspool.shared.messages import Job, JobKind, ReplyFrame, RequestBody
 from llmspool.shared.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -61,6 +61,12 @@ from llmspool.shared.protocol import (
 )
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.registry import WorkerInfo
+from llmspool.shared.tokens import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
@@ -143,6 +149,28 @@ async def embeddings(body: EmbeddingRequest, request: Request, producer: Produce
     return _embedding_list(reply, final, body.encoding_format)
 
 
+@router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+async def tokenize(
+    body: TokenizeRequest, request: Request, producer: ProducerDep
+) -> TokenizeResponse:
+    """vLLM's ``/tokenize``: a prompt's (or chat's) token ids, by the model's workers."""
+    reply = await _submit(producer, request, body, JobKind.TOKENIZE, "tok")
+    _, final = await _collect(request, reply)
+    tokens = final.token_ids or []
+    length = _context_length(producer.config.model(body.model), await _live_workers(producer))
+    return TokenizeResponse(count=len(tokens), max_model_len=length, tokens=tokens)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+async def detokenize(
+    body: DetokenizeRequest, request: Request, producer: ProducerDep
+) -> DetokenizeResponse:
+    """vLLM's ``/detokenize``: the text of token ids, by the model's workers."""
+    reply = await _submit(producer, request, body, JobKind.DETOKENIZE, "detok")
+    text, _ = await _collect(request, reply)
+    return DetokenizeResponse(prompt=text)
+
+
 @router.get(
     "/v1/requests/{request_id}/events",
     response_model=None,
@@ -207,7 +235,7 @@ async def health(producer: ProducerDep) -> Response:
 async def _submit(
     producer: Producer,
     request: Request,
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+    body: RequestBody,
     kind: JobKind,
     prefix: str,
 ) -> Reply:
@@ -391,7 +419,14 @@ def _model_card(producer: Producer, model: ModelConfig, live: _Live | None) -> M
         workers=None if live is None else live.workers[model.name],
         status="offline" if producer.control.is_offline(model.name) else "online",
     )
-    length = live.lengths.get(model.name) if live is not None else None
-    if model.context_length:  # the configured limit, where it is the smaller
-        length = min(length or model.context_length, model.context_length)
+    length = _context_length(model, live)
     return Model(id=model.name, created=0, max_model_len=length, llmspool=status)
+
+
+def _context_length(model: ModelConfig, live: _Live | None) -> int | None:
+    """The model's context length: what its engines report, or the configured limit where it
+    is the smaller; None when neither is known."""
+    length = live.lengths.get(model.name) if live is not None else None
+    if model.context_length:
+        length = min(length or model.context_length, model.context_length)
+    return length

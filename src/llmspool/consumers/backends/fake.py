@@ -16,6 +16,9 @@ a prompt may carry markers that make the engine misbehave deterministically:
   deliveries, so a retry succeeds.
 
 Without ``faults = true`` markers are plain text.
+
+Its tokenizer (``/tokenize``) is one token per whitespace-separated word, as its usage counts
+them: the words it generates have ids, any other word is ``<unk>``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from llmspool.consumers.backends.base import (
     Delta,
     Prompt,
     StopMatcher,
+    Tokenization,
+    check_token_ids,
     generation_budget,
     prompt_of,
     sampling_params,
@@ -68,6 +73,12 @@ WORDS = [
     "the",
     "wire",
 ]
+
+
+#: The fake tokenizer's vocabulary: the words it generates; any other word is ``<unk>``.
+TOKENS = ["<unk>", *dict.fromkeys(WORDS)]
+UNKNOWN = 0
+VOCABULARY = {word: i for i, word in enumerate(TOKENS) if i != UNKNOWN}
 
 
 class Options(BackendOptions):
@@ -163,6 +174,15 @@ class FakeBackend:
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return [fake_embedding(text, self.options.embedding_dim) for text in texts]
+
+    async def tokenize(self, request: Tokenization) -> list[int]:
+        """One token per word of the text generation counts (see :func:`count_tokens`); the
+        fake tokenizer has no special tokens to add."""
+        return [VOCABULARY.get(word, UNKNOWN) for word in prompt_text(request.prompt).split()]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        check_token_ids(tokens, len(TOKENS))
+        return " ".join(TOKENS[token] for token in tokens)
 
 
 def create(model: ModelConfig) -> FakeBackend:
