@@ -1,7 +1,8 @@
 """The ``fake`` engine: deterministic text at a configured pace, for tests and benchmarks.
 
 It emits exactly ``max_tokens`` tokens unless a stop sequence matches (without ``max_tokens``,
-up to its ``max_model_len`` less the prompt's words); logprobs, when asked for, are made up
+up to its ``max_model_len`` less the prompt's words), or ``eos_after`` tokens came first (then
+it ends with ``stop``, as a model ending its answer); logprobs, when asked for, are made up
 deterministically (:func:`fake_logprob`). Token ``i`` (from 0)
 leaves at ``start + ttft_ms + i * itl_ms``, where ``start`` is when the job began, so its pace
 does not drift under load. The same prompt always gives the same text; a ``seed`` changes it.
@@ -85,6 +86,12 @@ class Options(BackendOptions):
     ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
     itl_ms: float = Field(default=0.0, ge=0, description="Delay between tokens.")
     embedding_dim: int = Field(default=8, ge=1, le=4096, description="Size of fake embeddings.")
+    eos_after: int | None = Field(
+        default=None,
+        ge=0,
+        description="End every generation after this many tokens with finish_reason 'stop', "
+        "as a model that ends its answer (unset: it runs to max_tokens).",
+    )
     max_model_len: int = Field(
         default=2048, ge=16, description="Context length in (whitespace-separated) tokens."
     )
@@ -152,6 +159,9 @@ class FakeBackend:
         fault = Fault.find(prompt_text(prompt), job.attempt) if self.options.faults else None
         produced = 0
         for i in range(limit):
+            if i == self.options.eos_after:
+                yield _final("stop", prompt, produced)
+                return
             await _sleep_until(start + (self.options.ttft_ms + i * self.options.itl_ms) / 1000)
             if fault is not None:
                 fault.strike(i)
