@@ -51,7 +51,8 @@ class ResponseWriter:
     def __init__(self, response: Response) -> None:
         self.response = response
         self._seq = 0
-        self._message: OutputMessage | None = None
+        #: the item being streamed; items are streamed one after the other, as OpenAI does
+        self._open: OutputMessage | OutputFunctionCall | None = None
         #: the chat tool-call index → its output item
         self._calls: dict[int, OutputFunctionCall] = {}
 
@@ -91,20 +92,29 @@ class ResponseWriter:
 
     def text(self, delta: str) -> list[bytes]:
         """Text of the assistant's message (opened on its first text)."""
-        events = [] if self._message is not None else self._open_message()
-        assert self._message is not None
-        part = self._message.content[0]
+        message = self._open
+        events = []
+        if not isinstance(message, OutputMessage):
+            message = OutputMessage(id=f"msg_{uuid.uuid4().hex}", status="in_progress", content=[])
+            events = self._open_item(message)
+        part = message.content[0]
         part.text += delta
-        index = self.response.output.index(self._message)
+        index = self.response.output.index(message)
         event = TextDeltaEvent(
-            sequence_number=self._next(), item_id=self._message.id, output_index=index, delta=delta
+            sequence_number=self._next(), item_id=message.id, output_index=index, delta=delta
         )
         return [*events, self._event(event)]
 
-    def _open_message(self) -> list[bytes]:
-        message = OutputMessage(id=f"msg_{uuid.uuid4().hex}", status="in_progress", content=[])
-        self._message = message
-        self.response.output.append(message)
+    def _open_item(self, item: OutputMessage | OutputFunctionCall) -> list[bytes]:
+        """Close the open item, then add ``item`` (a message with its text part)."""
+        events = self._close("completed")
+        self._open = item
+        self.response.output.append(item)
+        if isinstance(item, OutputFunctionCall):
+            return [*events, self._item("response.output_item.added", item)]
+        return [*events, *self._open_message(item)]
+
+    def _open_message(self, message: OutputMessage) -> list[bytes]:
         added = self._item("response.output_item.added", message)
         message.content.append(OutputText(text=""))
         part = ContentPartEvent(
@@ -132,8 +142,7 @@ class ResponseWriter:
                 status="in_progress",
             )
             self._calls[index] = call
-            self.response.output.append(call)
-            events.append(self._item("response.output_item.added", call))
+            events += self._open_item(call)
         fragment = str(function.get("arguments") or "")
         if fragment:
             call.arguments += fragment
@@ -150,9 +159,7 @@ class ResponseWriter:
         """Close the open items and end the response (completed, or incomplete)."""
         status, reason = _ENDINGS.get(finish_reason or "stop", ("completed", None))
         item_status = "completed" if status == "completed" else "incomplete"
-        events = self._close_message(item_status)
-        for call in self._calls.values():
-            events += self._close_call(call, item_status)
+        events = self._close(item_status)
         self.response.status = status  # type: ignore[assignment]
         if reason is not None:
             self.response.incomplete_details = IncompleteDetails(reason=reason)  # type: ignore[arg-type]
@@ -160,10 +167,16 @@ class ResponseWriter:
             self.response.usage = response_usage(usage)
         return [*events, self._lifecycle(f"response.{status}")]
 
-    def _close_message(self, status: str) -> list[bytes]:
-        message = self._message
-        if message is None:
+    def _close(self, status: str) -> list[bytes]:
+        """The ``.done`` events of the open item, if any."""
+        item, self._open = self._open, None
+        if item is None:
             return []
+        if isinstance(item, OutputFunctionCall):
+            return self._close_call(item, status)
+        return self._close_message(item, status)
+
+    def _close_message(self, message: OutputMessage, status: str) -> list[bytes]:
         index = self.response.output.index(message)
         part = message.content[0]
         done = TextDoneEvent(
