@@ -288,8 +288,9 @@ async def test_detokenize_gives_the_text_back(
     assert (await backend.detokenize(tokens)).strip() == WORDS
     with_bos = await backend.tokenize(Tokenization(Prompt(text=WORDS), add_special_tokens=True))
     assert len(with_bos) >= len(tokens)  # BOS, where the tokenizer has one
-    with pytest.raises(InvalidRequest, match="vocabulary"):
-        await backend.detokenize([*tokens, 2**31 - 1])
+    if engine[0].checks_token_ids:
+        with pytest.raises(InvalidRequest, match="vocabulary"):
+            await backend.detokenize([*tokens, 2**31 - 1])
 
 
 async def test_starts_and_stops_cleanly(engine: tuple[EngineSpec, Resources]) -> None:

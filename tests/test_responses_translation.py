@@ -7,11 +7,10 @@ import json
 
 import pytest
 from openai.types.responses import Response, ResponseFunctionToolCall, ResponseStreamEvent
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from llmspool.producer import response_requests
 from llmspool.producer.response_events import ResponseWriter
-from llmspool.shared.errors import UnsupportedParameter
 from llmspool.shared.protocol import Usage
 from llmspool.shared.responses_api import Response as OurResponse
 from llmspool.shared.responses_api import ResponseRequest
@@ -79,10 +78,9 @@ def test_function_call_items_become_chat_tool_calls_and_tool_messages() -> None:
     ],
 )
 def test_what_has_no_chat_shape_is_refused(field: str, value: object) -> None:
-    body = ResponseRequest.model_validate({"model": "m", "input": "x", field: value})
-    with pytest.raises(UnsupportedParameter) as caught:
-        response_requests.chat_request(body, response_requests.conversation(body, []))
-    assert caught.value.param == field if field != "text" else "text.format"
+    with pytest.raises(ValidationError) as caught:
+        ResponseRequest.model_validate({"model": "m", "input": "x", field: value})
+    assert caught.value.errors()[0]["loc"][0] == field
 
 
 def parse(events: list[bytes]) -> list[object]:

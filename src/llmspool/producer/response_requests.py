@@ -24,6 +24,9 @@ from llmspool.shared.responses_api import (
     InputMessage,
     ResponseRequest,
     TextConfig,
+    TextFormatJsonObject,
+    TextFormatJsonSchema,
+    ToolChoiceFunction,
     unsupported_response_parameters,
 )
 
@@ -114,49 +117,31 @@ def chat_request(body: ResponseRequest, messages: list[ChatMessage]) -> ChatComp
         raise InvalidRequest(f"The request cannot be served: {exc.errors()[0]['msg']}") from None
 
 
-def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    """Responses function tools in the chat shape; any other tool is refused."""
+def chat_tools(tools: list[FunctionTool] | None) -> list[dict[str, Any]] | None:
+    """Responses function tools in the chat shape."""
     if not tools:
         return None
-    chat = []
-    for tool in tools:
-        kind = tool.get("type")
-        if kind != "function":
-            raise UnsupportedParameter(
-                f"The tool type '{kind}' is not supported by llmspool; only function tools are.",
-                param="tools",
-            )
-        try:
-            function = FunctionTool.model_validate(tool)
-        except ValidationError as exc:
-            message = f"Invalid function tool: {exc.errors()[0]['msg']}"
-            raise InvalidRequest(message, param="tools") from None
-        fields = function.model_dump(exclude_none=True, exclude={"type"})
-        chat.append({"type": "function", "function": fields})
-    return chat
+    return [
+        {"type": "function", "function": tool.model_dump(exclude_none=True, exclude={"type"})}
+        for tool in tools
+    ]
 
 
-def chat_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+def chat_tool_choice(choice: str | ToolChoiceFunction | None) -> str | dict[str, Any] | None:
     """``tool_choice`` in the chat shape: none, auto, required, or one named function."""
-    if choice is None or choice in ("none", "auto", "required"):
-        return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name"):
-        return {"type": "function", "function": {"name": choice["name"]}}
-    raise UnsupportedParameter(
-        f"tool_choice {choice!r} is not supported; use none, auto, required or "
-        '{"type": "function", "name": …}.',
-        param="tool_choice",
-    )
+    if isinstance(choice, ToolChoiceFunction):
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice
 
 
 def response_format(text: TextConfig | None) -> dict[str, Any] | None:
     """``text.format`` as the chat ``response_format``."""
-    fmt = dict(text.format) if text is not None and text.format is not None else None
-    if fmt is None or fmt.get("type") == "text":
-        return None
-    kind = fmt.pop("type", None)
-    if kind == "json_object":
+    fmt = text.format if text is not None else None
+    if isinstance(fmt, TextFormatJsonObject):
         return {"type": "json_object"}
-    if kind == "json_schema":
-        return {"type": "json_schema", "json_schema": fmt}
-    raise UnsupportedParameter(f"text.format type {kind!r} is not supported.", param="text.format")
+    if isinstance(fmt, TextFormatJsonSchema):
+        return {
+            "type": "json_schema",
+            "json_schema": fmt.model_dump(exclude_none=True, exclude={"type"}),
+        }
+    return None

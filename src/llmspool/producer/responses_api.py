@@ -30,13 +30,13 @@ from llmspool.shared.errors import InvalidRequest, LLMSpoolError
 from llmspool.shared.messages import JobKind
 from llmspool.shared.protocol import ChatMessage, ErrorResponse
 from llmspool.shared.responses_api import (
-    FunctionTool,
+    Response as ResponseObject,
+)
+from llmspool.shared.responses_api import (
     ResponseDeleted,
     ResponseRequest,
     TextConfig,
-)
-from llmspool.shared.responses_api import (
-    Response as ResponseObject,
+    TextFormatText,
 )
 
 router = APIRouter()
@@ -128,9 +128,9 @@ def _skeleton(body: ResponseRequest, reply: Reply) -> ResponseObject:
         previous_response_id=body.previous_response_id,
         store=body.store is not False,
         temperature=body.temperature,
-        text=body.text or TextConfig(format={"type": "text"}),
+        text=body.text or TextConfig(format=TextFormatText(type="text")),
         tool_choice=body.tool_choice or "auto",
-        tools=[FunctionTool.model_validate(tool) for tool in body.tools or []],
+        tools=body.tools or [],
         top_p=body.top_p,
         user=body.user,
         metadata=body.metadata or {},

@@ -12,15 +12,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator
 
-from llmspool.shared.protocol import (
-    OpenAIBaseModel,
-    PositiveInt,
-    RequestModel,
-    Temperature,
-    TopP,
-)
+from llmspool.shared.protocol import OpenAIBaseModel, PositiveInt, Temperature, TopP
 
 # ------------------------------------------------------------------------------- input items
 
@@ -74,8 +68,9 @@ class FunctionCallOutput(OpenAIBaseModel):
 
 
 def _item_type(value: Any) -> str:
-    kind = value.get("type", "message") if isinstance(value, dict) else value.type
-    return str(kind)
+    if isinstance(value, dict):
+        return str(value.get("type", "message"))
+    return str(getattr(value, "type", ""))  # a model, or junk that matches no tag
 
 
 InputItem = Annotated[
@@ -99,19 +94,89 @@ class FunctionTool(OpenAIBaseModel):
     strict: bool | None = None
 
 
+class ToolChoiceFunction(OpenAIBaseModel):
+    type: Literal["function"]
+    name: Annotated[str, Field(min_length=1)]
+
+
+class TextFormatText(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class TextFormatJsonObject(OpenAIBaseModel):
+    type: Literal["json_object"]
+
+
+class TextFormatJsonSchema(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+    type: Literal["json_schema"]
+    name: Annotated[str, Field(min_length=1)]
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+TextFormat = Annotated[
+    TextFormatText | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")
+]
+
+
+def document_not_set(schema: dict[str, Any], not_set: dict[str, tuple[object, ...]]) -> None:
+    """In the OpenAPI spec, offer only the values of refused parameters that mean "not set"."""
+    for name, prop in schema.get("properties", {}).items():
+        if name in not_set:
+            kept = {k: v for k, v in prop.items() if k in ("title", "description")}
+            prop.clear()
+            prop.update(kept, enum=list(not_set[name]), description="Refused unless unset.")
+
+
 class TextConfig(OpenAIBaseModel):
     """``text``: the output format (text, json_object or json_schema)."""
 
-    format: dict[str, Any] | None = None
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=lambda s: document_not_set(s, {"verbosity": (None, "medium")}),
+    )
+
+    format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
 class StreamOptions(OpenAIBaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=lambda s: document_not_set(s, {"include_obfuscation": (None, False)}),
+    )
+
     include_obfuscation: bool | None = None
 
 
-class ResponseRequest(RequestModel):
+#: Parameters a Responses request may name, with the values that mean "not set"; any other
+#: value is refused, as is any field not known here.
+_NOT_SET: dict[str, tuple[object, ...]] = {
+    "background": (None, False),
+    "conversation": (None,),
+    "include": (None, []),
+    "max_tool_calls": (None,),
+    "prompt": (None,),
+    "prompt_cache_key": (None,),
+    "reasoning": (None,),
+    "service_tier": (None, "auto", "default"),
+    "top_logprobs": (None, 0),
+    "truncation": (None, "disabled"),
+}
+
+
+def _request_schema(schema: dict[str, Any]) -> None:
+    document_not_set(schema, _NOT_SET)
+    schema["additionalProperties"] = False  # unknown fields are refused
+
+
+class ResponseRequest(OpenAIBaseModel):
     """The body of ``POST /v1/responses``."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_request_schema)
 
     model: Annotated[str, Field(min_length=1)]
     input: str | Annotated[list[InputItem], Field(min_length=1)]
@@ -134,35 +199,41 @@ class ResponseRequest(RequestModel):
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     text: TextConfig | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    #: Checked one by one when translated: only function tools are served.
-    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
+    tools: list[FunctionTool] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     top_p: TopP | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
 
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _function_tools_only(cls, tools: Any) -> Any:
+        for tool in tools if isinstance(tools, list) else ():
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind != "function":
+                raise ValueError(
+                    f"the tool type {kind!r} is not supported: llmspool serves function tools "
+                    "only (no built-in tools such as web_search)"
+                )
+        return tools
 
-#: Parameters a Responses request may name, with the values that mean "not set"; any other
-#: value is refused, as is any field not known here.
-_NOT_SET: dict[str, tuple[object, ...]] = {
-    "background": (None, False),
-    "conversation": (None,),
-    "include": (None, []),
-    "max_tool_calls": (None,),
-    "prompt": (None,),
-    "prompt_cache_key": (None,),
-    "service_tier": (None, "auto", "default"),
-    "top_logprobs": (None, 0),
-    "truncation": (None, "disabled"),
-}
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _function_choice_only(cls, choice: Any) -> Any:
+        if isinstance(choice, dict) and choice.get("type") != "function":
+            raise ValueError(
+                f"tool_choice {choice.get('type')!r} is not supported: use none, auto, "
+                'required or {"type": "function", "name": …}'
+            )
+        return choice
 
 
 def unsupported_response_parameters(request: ResponseRequest) -> list[str]:
     """Names of the parameters of ``request`` that llmspool cannot honour."""
     names = [name for name, ok in _NOT_SET.items() if getattr(request, name) not in ok]
-    if request.reasoning and any(v is not None for v in request.reasoning.values()):
-        names.append("reasoning")
+    if "reasoning" in names and not any(v is not None for v in (request.reasoning or {}).values()):
+        names.remove("reasoning")  # {} or {"effort": null}: nothing asked for
     if request.text is not None and request.text.verbosity not in (None, "medium"):
         names.append("text.verbosity")
     options = request.stream_options
@@ -252,8 +323,8 @@ class Response(OpenAIBaseModel):
     reasoning: dict[str, Any] | None = None
     store: bool = True
     temperature: float | None = None
-    text: TextConfig = Field(default_factory=lambda: TextConfig(format={"type": "text"}))
-    tool_choice: str | dict[str, Any] = "auto"
+    text: TextConfig = Field(default_factory=lambda: TextConfig(format=TextFormatText(type="text")))
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction = "auto"
     tools: list[FunctionTool] = Field(default_factory=list)
     top_p: float | None = None
     truncation: Literal["auto", "disabled"] = "disabled"

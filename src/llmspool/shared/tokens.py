@@ -8,18 +8,32 @@ answered by the model's workers, whose engine owns the tokenizer.
 
 from __future__ import annotations
 
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from llmspool.shared.protocol import ChatMessage, OpenAIBaseModel, RequestModel
+from llmspool.shared.responses_api import document_not_set
 
 TokenId = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+def _tokenize_schema(schema: dict[str, Any]) -> None:
+    """The OpenAPI schema says what is checked: exactly one of ``prompt`` and ``messages``, and
+    refused parameters only unset."""
+    properties = schema["properties"]
+    for name in ("prompt", "messages"):
+        options = [o for o in properties[name].get("anyOf", ()) if o.get("type") != "null"]
+        properties[name] = {"title": properties[name].get("title", name), **options[0]}
+    schema["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
+    document_not_set(schema, _UNSUPPORTED)
 
 
 class TokenizeRequest(RequestModel):
     """vLLM's ``TokenizeCompletionRequest`` and ``TokenizeChatRequest`` in one body: exactly one
     of ``prompt`` and ``messages``."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_tokenize_schema)
 
     model: Annotated[str, Field(min_length=1)]
     prompt: str | None = None

@@ -19,7 +19,7 @@ a prompt may carry markers that make the engine misbehave deterministically:
 Without ``faults = true`` markers are plain text.
 
 Its tokenizer (``/tokenize``) is one token per whitespace-separated word, as its usage counts
-them: the words it generates have ids, any other word is ``<unk>``.
+them: the words it generates have ids, any other word (and any other id) is ``<unk>``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from llmspool.consumers.backends.base import (
     Prompt,
     StopMatcher,
     Tokenization,
-    check_token_ids,
     generation_budget,
     prompt_of,
     sampling_params,
@@ -191,8 +190,8 @@ class FakeBackend:
         return [VOCABULARY.get(word, UNKNOWN) for word in prompt_text(request.prompt).split()]
 
     async def detokenize(self, tokens: list[int]) -> str:
-        check_token_ids(tokens, len(TOKENS))
-        return " ".join(TOKENS[token] for token in tokens)
+        """Any id outside its vocabulary is ``<unk>``, as any unknown word is."""
+        return " ".join(TOKENS[t] if t < len(TOKENS) else TOKENS[UNKNOWN] for t in tokens)
 
 
 def create(model: ModelConfig) -> FakeBackend:
