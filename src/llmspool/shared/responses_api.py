@@ -44,7 +44,7 @@ class InputMessage(OpenAIBaseModel):
 class FunctionCall(OpenAIBaseModel):
     """A function call the model made (an output item, passed back as input)."""
 
-    type: Literal["function_call"] = "function_call"
+    type: Literal["function_call"]
     id: str | None = None
     call_id: str
     name: str
