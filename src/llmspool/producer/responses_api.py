@@ -12,6 +12,7 @@ response and its conversation are kept for ``previous_response_id``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from llmspool.producer.sse import EventStream
 from llmspool.shared.errors import InvalidRequest, LLMSpoolError
 from llmspool.shared.messages import JobKind
 from llmspool.shared.protocol import ChatMessage, ErrorResponse
+from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.responses_api import (
     Response as ResponseObject,
 )
@@ -39,6 +41,7 @@ from llmspool.shared.responses_api import (
     TextFormatText,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -61,13 +64,7 @@ async def create_response(
 ) -> Response:
     """Create a model response, streamed (typed SSE events) or not."""
     response_requests.check(body)
-    history: list[ChatMessage] = []
-    if body.previous_response_id is not None:
-        key = auth.current_key(request)
-        previous = await _store(producer).get(
-            body.previous_response_id, key, "previous_response_id"
-        )
-        history = previous.messages
+    history = await _history(producer, request, body.previous_response_id)
     messages = response_requests.conversation(body, history)
     reply = await _submit(producer, request, body, messages)
     turn = _Turn(_store(producer) if body.store is not False else None, request, messages)
@@ -76,8 +73,7 @@ async def create_response(
         return EventStream(_events(reply, writer, turn), headers={"x-request-id": reply.request_id})
     frames = await collect_frames(request, reply)
     final = frames[-1]
-    completion = responses.chat_completion(reply, frames, final)
-    message = completion.choices[0].message
+    message = responses.chat_completion(reply, frames, final).choices[0].message
     if message.content:
         writer.text(message.content)
     for index, call in enumerate(getattr(message, "tool_calls", None) or []):
@@ -85,6 +81,14 @@ async def create_response(
     writer.finish(final.finish_reason, final.usage)
     await turn.keep(writer.response)
     return JSONResponse(writer.response.model_dump(mode="json"))
+
+
+async def _history(producer: Producer, request: Request, previous: str | None) -> list[ChatMessage]:
+    """The conversation a response continues (none without ``previous_response_id``)."""
+    if previous is None:
+        return []
+    key = auth.current_key(request)
+    return (await _store(producer).get(previous, key, "previous_response_id")).messages
 
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject, responses=_ERRORS)
@@ -152,7 +156,11 @@ class _Turn:
             return
         output = _assistant_message(response)
         messages = [*self.messages, output] if output is not None else self.messages
-        await self.store.put(StoredResponse(owner=self.owner, response=response, messages=messages))
+        stored = StoredResponse(owner=self.owner, response=response, messages=messages)
+        try:
+            await self.store.put(stored)
+        except UNAVAILABLE as exc:  # the reply is still the client's; only continuing it fails
+            log.warning("could not store response %s: %s", response.id, exc)
 
 
 def _assistant_message(response: ResponseObject) -> ChatMessage | None:
