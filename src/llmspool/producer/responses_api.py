@@ -12,8 +12,9 @@ response and its conversation are kept for ``previous_response_id``
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import anyio
@@ -71,7 +72,8 @@ async def create_response(
     writer = ResponseWriter(_skeleton(body, reply))
     if body.stream:
         return EventStream(_events(reply, writer, turn), headers={"x-request-id": reply.request_id})
-    frames = await collect_frames(request, reply)
+    with _responses_names():  # the engine may find the request's fault too
+        frames = await collect_frames(request, reply)
     final = frames[-1]
     message = responses.chat_completion(reply, frames, final).choices[0].message
     if message.content:
@@ -110,10 +112,17 @@ async def delete_response(
 async def _submit(
     producer: Producer, request: Request, body: ResponseRequest, messages: list[ChatMessage]
 ) -> Reply:
-    """Enqueue the chat job; an error about a chat parameter names the Responses one."""
+    """Enqueue the chat job."""
     chat = response_requests.chat_request(body, messages)
-    try:
+    with _responses_names():
         return await submit(producer, request, chat, JobKind.CHAT, "resp_")
+
+
+@contextlib.contextmanager
+def _responses_names() -> Iterator[None]:
+    """An error about a chat parameter names the Responses one instead."""
+    try:
+        yield
     except InvalidRequest as exc:
         exc.param = response_requests.RESPONSES_PARAM.get(exc.param or "", exc.param)
         raise
