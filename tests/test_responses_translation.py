@@ -54,15 +54,16 @@ def test_function_call_items_become_chat_tool_calls_and_tool_messages() -> None:
         }
     )
     chat = response_requests.chat_request(body, response_requests.conversation(body, []))
-    messages = chat.model_dump(exclude_none=True)["messages"]
+    dumped = chat.model_dump(exclude_none=True)
+    messages = dumped["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool"]
     assert [c["id"] for c in messages[2]["tool_calls"]] == ["c1", "c2"]  # one turn, two calls
     assert messages[3] == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
-    assert chat.tools == [
+    assert dumped["tools"] == [
         {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
     ]
-    assert chat.tool_choice == {"type": "function", "function": {"name": "get_weather"}}
-    assert chat.response_format == {
+    assert dumped["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert dumped["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "w", "schema": {"type": "object"}},
     }
