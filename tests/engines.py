@@ -43,6 +43,10 @@ class EngineSpec:
     #: Same seed, same sampled text.
     seeded: bool = True
     embeddings: bool = False
+    #: Serves /tokenize and /detokenize (an upstream may not: llama-cpp-python's server).
+    tokenizes: bool = True
+    #: Refuses token ids outside its vocabulary (the fake's other ids are all <unk>).
+    checks_token_ids: bool = True
     #: What ``embed`` raises where the engine has no embeddings.
     refusal: type[Exception] = UnsupportedCapability
     #: The engine reports prompt tokens (an upstream server may not, when streaming).
@@ -71,6 +75,7 @@ SPECS: dict[str, EngineSpec] = {
         options=lambda _: {"itl_ms": 1},
         max_concurrency=4,
         embeddings=True,
+        checks_token_ids=False,
     ),
     "llama_cpp": EngineSpec(
         backend="llama_cpp",
@@ -103,6 +108,7 @@ SPECS: dict[str, EngineSpec] = {
         bad_model={"model": "nonexistent-model"},
         refusal=LLMSpoolError,
         counts_prompt=False,
+        tokenizes=False,
         long_tokens=300,
         marks=("upstream", "llama"),
     ),

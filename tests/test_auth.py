@@ -215,3 +215,22 @@ def test_files_and_batches_belong_to_their_key(keyed_stack: Stack) -> None:
     assert json.loads(mine.files.content(done.output_file_id).text)["custom_id"] == "a"
     path = f"/v1/files/{done.output_file_id}/content"
     assert_openai_error(get(keyed_stack, path, other), 404, "not_found")
+
+
+def test_stored_responses_belong_to_their_key(keyed_stack: Stack) -> None:
+    """Another key can neither read, delete nor continue a response; the admin key reads it."""
+    mine = client(keyed_stack, quick_key(keyed_stack))
+    theirs = client(keyed_stack, quick_key(keyed_stack))
+    seer = client(keyed_stack, quick_key(keyed_stack, scope="admin"))
+    response = mine.responses.create(model="fake", input="Hi", max_output_tokens=3)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.create(model="fake", input="x", previous_response_id=response.id)
+    assert seer.responses.retrieve(response.id).id == response.id
+    follow_up = mine.responses.create(
+        model="fake", input="again", previous_response_id=response.id, max_output_tokens=2
+    )
+    assert follow_up.previous_response_id == response.id

@@ -18,11 +18,12 @@ import pytest
 import pytest_asyncio
 
 from llmspool.consumers.backends import create_backend
-from llmspool.consumers.backends.base import Backend, Delta
+from llmspool.consumers.backends.base import Backend, Delta, Prompt, Tokenization, tokenization_of
 from llmspool.shared import capabilities
-from llmspool.shared.errors import ConfigError, InvalidRequest
+from llmspool.shared.errors import ConfigError, InvalidRequest, UnsupportedCapability
 from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.protocol import ChatCompletionRequest, CompletionRequest
+from llmspool.shared.tokens import TokenizeRequest
 from tests.engines import SPECS, EngineSpec, Resources
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -254,6 +255,42 @@ async def test_every_parameter_of_its_row_runs(
     assert final.usage is not None and final.usage.completion_tokens <= 4
     if "min_tokens" in honoured:
         assert final.usage.completion_tokens >= 2 or final.finish_reason == "stop"
+
+
+WORDS = "the quick brown fox jumps over the lazy dog"  # in every vocabulary, the fake's too
+
+
+async def test_tokenize_counts_what_generation_counts(
+    backend: Backend, engine: tuple[EngineSpec, Resources]
+) -> None:
+    if not engine[0].tokenizes:
+        with pytest.raises(UnsupportedCapability, match="/tokenize"):
+            await backend.tokenize(Tokenization(Prompt(text=WORDS), add_special_tokens=True))
+        return
+    chat = tokenization_of(_job(JobKind.TOKENIZE, TokenizeRequest(model="c", messages=CHAT)))
+    _, final = await run(backend, chat_job(max_tokens=1))
+    assert final.usage is not None
+    assert len(await backend.tokenize(chat)) == final.usage.prompt_tokens
+    plain = Tokenization(Prompt(text=PROMPT), add_special_tokens=True)
+    _, final = await run(backend, completion_job(max_tokens=1))
+    assert final.usage is not None
+    assert len(await backend.tokenize(plain)) == final.usage.prompt_tokens
+
+
+async def test_detokenize_gives_the_text_back(
+    backend: Backend, engine: tuple[EngineSpec, Resources]
+) -> None:
+    if not engine[0].tokenizes:
+        with pytest.raises(UnsupportedCapability, match="/detokenize"):
+            await backend.detokenize([1, 2])
+        return
+    tokens = await backend.tokenize(Tokenization(Prompt(text=WORDS), add_special_tokens=False))
+    assert (await backend.detokenize(tokens)).strip() == WORDS
+    with_bos = await backend.tokenize(Tokenization(Prompt(text=WORDS), add_special_tokens=True))
+    assert len(with_bos) >= len(tokens)  # BOS, where the tokenizer has one
+    if engine[0].checks_token_ids:
+        with pytest.raises(InvalidRequest, match="vocabulary"):
+            await backend.detokenize([*tokens, 2**31 - 1])
 
 
 async def test_starts_and_stops_cleanly(engine: tuple[EngineSpec, Resources]) -> None:

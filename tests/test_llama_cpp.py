@@ -51,7 +51,7 @@ async def test_engine_sees_the_gemma_turn_template(backend: LlamaCppBackend) -> 
     assert backend.render(prompt) == (
         "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
     )
-    tokens = backend.tokenize(prompt)
+    tokens = backend.prompt_ids(prompt)
     assert tokens[0] == 2  # <bos>
     assert tokens.count(START_OF_TURN) == 2 and tokens.count(END_OF_TURN) == 1
 

@@ -155,7 +155,7 @@ def _body(raw: Item, endpoint: str, config: Config) -> RequestBody:
         raise InvalidRequest(
             f"Invalid value for '{param}': {first['msg']}.", param=param, code="invalid_value"
         ) from None
-    if not isinstance(body, EmbeddingRequest) and body.stream:
+    if isinstance(body, ChatCompletionRequest | CompletionRequest) and body.stream:
         raise InvalidRequest("Batch requests cannot be streamed.", param="stream")
     check_request(body, config.model(body.model), kind)
     return body

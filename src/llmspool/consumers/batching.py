@@ -57,6 +57,7 @@ class CollectedReply:
         usage: Usage | None = None,
         error: WireError | None = None,
         embeddings: list[list[float]] | None = None,
+        token_ids: list[int] | None = None,
         index: int = 0,
     ) -> None:
         self.final = self._frame(
@@ -64,6 +65,7 @@ class CollectedReply:
             usage=usage,
             error=error,
             embeddings=embeddings,
+            token_ids=token_ids,
             index=index,
         )
         self.frames.append(self.final)

@@ -52,6 +52,7 @@ class ReplySink(Protocol):
         usage: Usage | None = None,
         error: WireError | None = None,
         embeddings: list[list[float]] | None = None,
+        token_ids: list[int] | None = None,
         index: int = 0,
     ) -> None: ...
 
@@ -115,6 +116,7 @@ class ReplyStream:
         usage: Usage | None = None,
         error: WireError | None = None,
         embeddings: list[list[float]] | None = None,
+        token_ids: list[int] | None = None,
         index: int = 0,
     ) -> None:
         """Queue the final frame and wait until it has been published."""
@@ -124,6 +126,7 @@ class ReplyStream:
             usage=usage,
             error=error,
             embeddings=embeddings,
+            token_ids=token_ids,
             index=index or None,
         )
         await self._publisher.flush_and_wait(self)

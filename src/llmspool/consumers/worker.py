@@ -35,7 +35,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from llmspool.consumers import choices
-from llmspool.consumers.backends.base import Backend
+from llmspool.consumers.backends.base import Backend, tokenization_of
 from llmspool.consumers.batching import BatchLines
 from llmspool.consumers.delivery import Deliveries, Entry
 from llmspool.consumers.publisher import ReplyPublisher, ReplySink, ReplyStream
@@ -51,6 +51,7 @@ from llmspool.shared.registry import Registry, WorkerInfo, open_registry
 from llmspool.shared.settings import Settings
 from llmspool.shared.shardpubsub import ShardSubscriber
 from llmspool.shared.streams import ensure_groups
+from llmspool.shared.tokens import DetokenizeRequest
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +456,12 @@ class Worker:
         if job.kind is JobKind.EMBEDDING:
             await self._embed(job, reply)
             return
+        if job.kind is JobKind.TOKENIZE:
+            await reply.finish(token_ids=await self.backend.tokenize(tokenization_of(job)))
+            return
+        if job.kind is JobKind.DETOKENIZE:
+            await self._detokenize(job, reply)
+            return
         n = getattr(job.body, "n", None) or 1
         if n > 1:
             await choices.run(self.backend, job, reply, n)
@@ -469,6 +476,13 @@ class Worker:
                 await reply.finish(delta.finish_reason, delta.usage)
                 return
         raise LLMSpoolError("the engine ended the generation without a finish reason")
+
+    async def _detokenize(self, job: Job, reply: ReplySink) -> None:
+        if not isinstance(job.body, DetokenizeRequest):
+            raise LLMSpoolError("detokenize job without a detokenize request")
+        text = await self.backend.detokenize(job.body.tokens)
+        reply.write(text, 0)
+        await reply.finish("stop")
 
     async def _embed(self, job: Job, reply: ReplySink) -> None:
         if not isinstance(job.body, EmbeddingRequest):

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from llmspool import __version__
-from llmspool.producer import batches, console, handlers, monitoring
+from llmspool.producer import batches, console, handlers, monitoring, responses_api
 from llmspool.producer.admin import router as admin_router
 from llmspool.producer.auth import AuthMiddleware
 from llmspool.producer.routes import BODY_MODELS, router
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, config: Config | None = None) -
     app.include_router(monitoring.router)
     app.include_router(admin_router)
     app.include_router(batches.router)
+    app.include_router(responses_api.router)
     handlers.install(app)
     app.add_middleware(AuthMiddleware, settings=settings)
     # FastAPI's documented way to extend the schema is to replace app.openapi (a method to mypy)

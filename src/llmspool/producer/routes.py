@@ -45,7 +45,7 @@ from llmspool.shared.errors import (
     ServiceUnavailable,
 )
 from llmspool.shared.logs import request_id
-from llmspool.shared.messages import Job, JobKind, ReplyFrame
+from llmspool.shared.messages import Job, JobKind, ReplyFrame, RequestBody
 from llmspool.shared.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -61,6 +61,12 @@ from llmspool.shared.protocol import (
 )
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.registry import WorkerInfo
+from llmspool.shared.tokens import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 router = APIRouter()
 ProducerDep = Annotated[Producer, Depends(get_producer)]
@@ -114,7 +120,7 @@ async def _parse(request: Request, model: type[M]) -> M:
 async def chat_completions(request: Request, producer: ProducerDep) -> Response:
     """Create a chat completion, streamed (SSE) or not."""
     body = await _parse(request, ChatCompletionRequest)
-    reply = await _submit(producer, request, body, JobKind.CHAT, "chatcmpl")
+    reply = await submit(producer, request, body, JobKind.CHAT, "chatcmpl-")
     if body.stream:
         return _stream(reply)
     return await _whole(request, reply)
@@ -129,7 +135,7 @@ async def chat_completions(request: Request, producer: ProducerDep) -> Response:
 async def completions(request: Request, producer: ProducerDep) -> Response:
     """Create a text completion, streamed (SSE) or not."""
     body = await _parse(request, CompletionRequest)
-    reply = await _submit(producer, request, body, JobKind.COMPLETION, "cmpl")
+    reply = await submit(producer, request, body, JobKind.COMPLETION, "cmpl-")
     if body.stream:
         return _stream(reply)
     return await _whole(request, reply)
@@ -138,9 +144,31 @@ async def completions(request: Request, producer: ProducerDep) -> Response:
 @router.post("/v1/embeddings", response_model=None, responses=_EMBEDDINGS)
 async def embeddings(body: EmbeddingRequest, request: Request, producer: ProducerDep) -> Response:
     """Embed one text or a list of texts."""
-    reply = await _submit(producer, request, body, JobKind.EMBEDDING, "embd")
-    _, final = await _collect(request, reply)
+    reply = await submit(producer, request, body, JobKind.EMBEDDING, "embd-")
+    _, final = await collect(request, reply)
     return _embedding_list(reply, final, body.encoding_format)
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+async def tokenize(
+    body: TokenizeRequest, request: Request, producer: ProducerDep
+) -> TokenizeResponse:
+    """vLLM's ``/tokenize``: a prompt's (or chat's) token ids, by the model's workers."""
+    reply = await submit(producer, request, body, JobKind.TOKENIZE, "tok-")
+    _, final = await collect(request, reply)
+    tokens = final.token_ids or []
+    length = _context_length(producer.config.model(body.model), await _live_workers(producer))
+    return TokenizeResponse(count=len(tokens), max_model_len=length, tokens=tokens)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+async def detokenize(
+    body: DetokenizeRequest, request: Request, producer: ProducerDep
+) -> DetokenizeResponse:
+    """vLLM's ``/detokenize``: the text of token ids, by the model's workers."""
+    reply = await submit(producer, request, body, JobKind.DETOKENIZE, "detok-")
+    text, _ = await collect(request, reply)
+    return DetokenizeResponse(prompt=text)
 
 
 @router.get(
@@ -204,18 +232,20 @@ async def health(producer: ProducerDep) -> Response:
 # --------------------------------------------------------------------------- helpers
 
 
-async def _submit(
+async def submit(
     producer: Producer,
     request: Request,
-    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+    body: RequestBody,
     kind: JobKind,
     prefix: str,
 ) -> Reply:
+    """Check ``body`` for its model and enqueue it as a job of ``kind`` whose request id is
+    ``prefix`` and a random hex; returns its reply (4xx errors raised before enqueueing)."""
     model = producer.config.model(body.model)
     dispatcher = producer.dispatcher
     auth.check_model(request, model.name)
     job = Job(
-        request_id=f"{prefix}-{uuid.uuid4().hex}",
+        request_id=f"{prefix}{uuid.uuid4().hex}",
         kind=kind,
         model=model.name,
         body=body,
@@ -305,7 +335,7 @@ def _stream(reply: Reply, after: responses.EventId | None = None) -> EventStream
 
 async def _whole(request: Request, reply: Reply) -> Response:
     """The reply as one OpenAI object: chat completion, completion or embedding list."""
-    frames = await _collect_frames(request, reply)
+    frames = await collect_frames(request, reply)
     final = frames[-1]
     if reply.meta.kind is JobKind.CHAT:
         return JSONResponse(responses.chat_completion(reply, frames, final).model_dump())
@@ -325,13 +355,13 @@ def _embedding_list(reply: Reply, final: ReplyFrame, encoding_format: str | None
     return JSONResponse(body)
 
 
-async def _collect(request: Request, reply: Reply) -> tuple[str, ReplyFrame]:
+async def collect(request: Request, reply: Reply) -> tuple[str, ReplyFrame]:
     """Wait for the whole reply; a client that goes away cancels the job."""
-    frames = await _collect_frames(request, reply)
+    frames = await collect_frames(request, reply)
     return "".join(frame.text for frame in frames), frames[-1]
 
 
-async def _collect_frames(request: Request, reply: Reply) -> list[ReplyFrame]:
+async def collect_frames(request: Request, reply: Reply) -> list[ReplyFrame]:
     """Wait for the whole reply's frames; a client that goes away cancels the job."""
     collecting = asyncio.ensure_future(reply.collect_frames())
     gone = asyncio.ensure_future(_disconnected(request))
@@ -391,7 +421,14 @@ def _model_card(producer: Producer, model: ModelConfig, live: _Live | None) -> M
         workers=None if live is None else live.workers[model.name],
         status="offline" if producer.control.is_offline(model.name) else "online",
     )
-    length = live.lengths.get(model.name) if live is not None else None
-    if model.context_length:  # the configured limit, where it is the smaller
-        length = min(length or model.context_length, model.context_length)
+    length = _context_length(model, live)
     return Model(id=model.name, created=0, max_model_len=length, llmspool=status)
+
+
+def _context_length(model: ModelConfig, live: _Live | None) -> int | None:
+    """The model's context length: what its engines report, or the configured limit where it
+    is the smaller; None when neither is known."""
+    length = live.lengths.get(model.name) if live is not None else None
+    if model.context_length:
+        length = min(length or model.context_length, model.context_length)
+    return length

@@ -62,7 +62,7 @@ class Timeline:
     def observe(self, job: Job, frame: ReplyFrame, first: bool) -> None:
         """Count ``frame`` of ``job``; ``first`` is true for the reply's first frame."""
         tally = self._tallies.setdefault(job.model, Tally())
-        if first and job.kind is not JobKind.EMBEDDING:
+        if first and job.kind in (JobKind.CHAT, JobKind.COMPLETION):
             tally.first += 1
             tally.ttft_sum += max(time.time() - job.enqueued_at, 0.0)
         if frame.final:

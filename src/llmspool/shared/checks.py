@@ -17,6 +17,11 @@ from llmspool.shared.protocol import (
     EmbeddingRequest,
 )
 from llmspool.shared.settings import Settings
+from llmspool.shared.tokens import (
+    DetokenizeRequest,
+    TokenizeRequest,
+    unsupported_tokenize_parameters,
+)
 
 _KIND_CAPABILITY: dict[JobKind, Capability] = {
     JobKind.CHAT: "chat",
@@ -28,9 +33,12 @@ _KIND_CAPABILITY: dict[JobKind, Capability] = {
 def check_request(body: RequestBody, model: ModelConfig, kind: JobKind) -> None:
     """Raise an :class:`~llmspool.shared.errors.InvalidRequest` naming what ``model`` cannot
     honour in ``body``."""
-    check_parameters(body, model)
-    capability = _KIND_CAPABILITY[kind]
-    if capability not in model.capabilities:
+    if isinstance(body, TokenizeRequest):
+        _check_tokenize(body)  # the same parameters on every backend
+    elif not isinstance(body, DetokenizeRequest):
+        check_parameters(body, model)
+    capability = _KIND_CAPABILITY.get(kind)  # tokenizing needs no capability
+    if capability is not None and capability not in model.capabilities:
         raise UnsupportedCapability(
             f"The model '{model.name}' does not serve {capability} requests "
             f"(it serves: {', '.join(model.capabilities)}).",
@@ -46,9 +54,17 @@ def check_request(body: RequestBody, model: ModelConfig, kind: JobKind) -> None:
         )
 
 
+def _check_tokenize(body: TokenizeRequest) -> None:
+    for param in unsupported_tokenize_parameters(body):
+        raise UnsupportedParameter(
+            f"'{param}' is not supported by llmspool's /tokenize; remove it from the request.",
+            param=param,
+        )
+
+
 def requested_max_tokens(body: RequestBody) -> int | None:
-    """The tokens a generation request asks for at most; None for embeddings (or unset)."""
-    if isinstance(body, EmbeddingRequest):
+    """The tokens a generation request asks for at most; None for other requests (or unset)."""
+    if isinstance(body, EmbeddingRequest | TokenizeRequest | DetokenizeRequest):
         return None
     return body.requested_max_tokens()
 
@@ -66,6 +82,10 @@ def check_size(body: RequestBody, settings: Settings) -> None:
         param, chars = "messages", sum(len(m.text()) for m in body.messages)
     elif isinstance(body, CompletionRequest):
         param, chars = "prompt", len(body.prompt_text())
+    elif isinstance(body, TokenizeRequest):
+        param, chars = "prompt" if body.messages is None else "messages", body.text_chars()
+    elif isinstance(body, DetokenizeRequest):
+        return
     else:
         param, chars = "input", sum(len(text) for text in body.texts())
     if chars > settings.max_prompt_chars:

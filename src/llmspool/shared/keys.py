@@ -82,6 +82,12 @@ def idempotency(key: str) -> str:
     return f"{PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
+def response(response_id: str) -> str:
+    """A stored response of ``/v1/responses`` (string, JSON, with a TTL): the response object
+    and its conversation, for ``previous_response_id`` and ``GET /v1/responses/{id}``."""
+    return f"{PREFIX}:response:{response_id}"
+
+
 def worker(worker_id: str) -> str:
     """Registry entry of one live worker."""
     return f"{PREFIX}:worker:{worker_id}"

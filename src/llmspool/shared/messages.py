@@ -21,6 +21,7 @@ from llmspool.shared.protocol import (
     FinishReason,
     Usage,
 )
+from llmspool.shared.tokens import DetokenizeRequest, TokenizeRequest
 
 #: The job schema this version writes. A worker reads every version from
 #: MIN_SCHEMA_VERSION to SCHEMA_VERSION and hands back newer ones (rolling upgrades); new
@@ -28,19 +29,29 @@ from llmspool.shared.protocol import (
 SCHEMA_VERSION = 1
 MIN_SCHEMA_VERSION = 1
 
-RequestBody = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+RequestBody = (
+    ChatCompletionRequest
+    | CompletionRequest
+    | EmbeddingRequest
+    | TokenizeRequest
+    | DetokenizeRequest
+)
 
 
 class JobKind(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    TOKENIZE = "tokenize"
+    DETOKENIZE = "detokenize"
 
 
 _BODY_TYPES: dict[JobKind, type[RequestBody]] = {
     JobKind.CHAT: ChatCompletionRequest,
     JobKind.COMPLETION: CompletionRequest,
     JobKind.EMBEDDING: EmbeddingRequest,
+    JobKind.TOKENIZE: TokenizeRequest,
+    JobKind.DETOKENIZE: DetokenizeRequest,
 }
 
 
@@ -128,17 +139,19 @@ class ReplyMeta(BaseModel):
     @classmethod
     def of(cls, job: Job) -> ReplyMeta:
         # only generation requests stream and have choices
-        body = None if isinstance(job.body, EmbeddingRequest) else job.body
-        options = body.stream_options if body is not None else None
+        body = job.body
+        streamed, options, n = False, None, None
+        if isinstance(body, ChatCompletionRequest | CompletionRequest):
+            streamed, options, n = bool(body.stream), body.stream_options, body.n
         return cls(
             request_id=job.request_id,
             kind=job.kind,
             model=job.model,
             created=job.enqueued_at,
             deadline=job.deadline,
-            stream=body is not None and bool(body.stream),
+            stream=streamed,
             include_usage=bool(options and options.include_usage),
-            n=(body.n if body is not None else None) or 1,
+            n=n or 1,
         )
 
 
@@ -175,6 +188,8 @@ class ReplyFrame(BaseModel):
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     embeddings: list[list[float]] | None = None
+    #: The answer of a tokenize job (a detokenize job answers with ``text``).
+    token_ids: list[int] | None = None
     error: WireError | None = None
     worker: str | None = None
     #: When the worker picked the job up (epoch seconds): on the first and the final frame.
@@ -191,7 +206,8 @@ class ReplyFrame(BaseModel):
         return (
             (self.finish_reason is not None and not self.more)
             or self.error is not None
-            or (self.embeddings is not None)
+            or self.embeddings is not None
+            or self.token_ids is not None
         )
 
     @property

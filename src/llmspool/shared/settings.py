@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds an Idempotency-Key is remembered.",
     )
+    responses_ttl: int = Field(
+        default=86400,
+        ge=1,
+        description="Seconds a stored response of /v1/responses is kept (previous_response_id, "
+        "GET /v1/responses/{id}).",
+    )
     batch_max_lines: int = Field(
         default=50_000,
         ge=1,

@@ -3,7 +3,10 @@
 A backend serves one model. ``generate`` yields :class:`Delta` objects, text in order, the last
 one carrying ``finish_reason`` and ``usage``; the worker cancels the iterating task to abort a
 job, and the backend must stop the engine within one token. A blocking engine runs in a thread
-(see :class:`ThreadedGeneration`) and never blocks the event loop.
+(see :class:`ThreadedGeneration`) and never blocks the event loop. ``tokenize`` and
+``detokenize`` answer ``/tokenize`` and ``/detokenize`` with the engine's own tokenizer: a chat
+is tokenized as the engine is given it (its chat template rendered), so a tokenize count is the
+``prompt_tokens`` of the same generation.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from llmspool.shared.protocol import (
     FinishReason,
     Usage,
 )
+from llmspool.shared.tokens import TokenizeRequest
 
 
 class BackendOptions(BaseModel):
@@ -86,6 +90,17 @@ class Prompt:
         return self.text is None
 
 
+@dataclass(frozen=True, slots=True)
+class Tokenization:
+    """What a tokenize job asks for: a prompt or messages, and how to tokenize them."""
+
+    prompt: Prompt
+    #: The tokenizer's own special tokens (BOS…) on top of what a chat template renders.
+    add_special_tokens: bool
+    #: Chat only: end the conversation with the start of an assistant turn.
+    add_generation_prompt: bool = True
+
+
 class Backend(Protocol):
     """One engine serving one model."""
 
@@ -98,6 +113,10 @@ class Backend(Protocol):
     def generate(self, job: Job) -> AsyncIterator[Delta]: ...
 
     async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+    async def tokenize(self, request: Tokenization) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
 
     async def stop(self) -> None: ...
 
@@ -167,6 +186,26 @@ def prompt_of(job: Job) -> Prompt:
     if isinstance(body, CompletionRequest):
         return Prompt(text=body.prompt_text())
     raise TypeError(f"job {job.request_id} is not a generation request")
+
+
+def tokenization_of(job: Job) -> Tokenization:
+    """What a tokenize job asks the engine to tokenize."""
+    body = job.body
+    if not isinstance(body, TokenizeRequest):
+        raise TypeError(f"job {job.request_id} is not a tokenize request")
+    prompt = Prompt(text=body.prompt) if body.messages is None else Prompt(tuple(body.messages))
+    return Tokenization(prompt, body.special_tokens(), body.add_generation_prompt)
+
+
+def check_token_ids(tokens: list[int], vocabulary: int) -> None:
+    """Refuse token ids the engine's vocabulary does not have (an engine may crash on them)."""
+    bad = [token for token in tokens if not 0 <= token < vocabulary]
+    if bad:
+        raise InvalidRequest(
+            f"token id {bad[0]} is not in this model's vocabulary (0 to {vocabulary - 1})",
+            param="tokens",
+            code="invalid_token_id",
+        )
 
 
 class NoEmbeddings:

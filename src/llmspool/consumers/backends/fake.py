@@ -1,7 +1,8 @@
 """The ``fake`` engine: deterministic text at a configured pace, for tests and benchmarks.
 
 It emits exactly ``max_tokens`` tokens unless a stop sequence matches (without ``max_tokens``,
-up to its ``max_model_len`` less the prompt's words); logprobs, when asked for, are made up
+up to its ``max_model_len`` less the prompt's words), or ``eos_after`` tokens came first (then
+it ends with ``stop``, as a model ending its answer); logprobs, when asked for, are made up
 deterministically (:func:`fake_logprob`). Token ``i`` (from 0)
 leaves at ``start + ttft_ms + i * itl_ms``, where ``start`` is when the job began, so its pace
 does not drift under load. The same prompt always gives the same text; a ``seed`` changes it.
@@ -16,6 +17,9 @@ a prompt may carry markers that make the engine misbehave deterministically:
   deliveries, so a retry succeeds.
 
 Without ``faults = true`` markers are plain text.
+
+Its tokenizer (``/tokenize``) is one token per whitespace-separated word, as its usage counts
+them: the words it generates have ids, any other word (and any other id) is ``<unk>``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from llmspool.consumers.backends.base import (
     Delta,
     Prompt,
     StopMatcher,
+    Tokenization,
     generation_budget,
     prompt_of,
     sampling_params,
@@ -70,10 +75,22 @@ WORDS = [
 ]
 
 
+#: The fake tokenizer's vocabulary: the words it generates; any other word is ``<unk>``.
+TOKENS = ["<unk>", *dict.fromkeys(WORDS)]
+UNKNOWN = 0
+VOCABULARY = {word: i for i, word in enumerate(TOKENS) if i != UNKNOWN}
+
+
 class Options(BackendOptions):
     ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
     itl_ms: float = Field(default=0.0, ge=0, description="Delay between tokens.")
     embedding_dim: int = Field(default=8, ge=1, le=4096, description="Size of fake embeddings.")
+    eos_after: int | None = Field(
+        default=None,
+        ge=0,
+        description="End every generation after this many tokens with finish_reason 'stop', "
+        "as a model that ends its answer (unset: it runs to max_tokens).",
+    )
     max_model_len: int = Field(
         default=2048, ge=16, description="Context length in (whitespace-separated) tokens."
     )
@@ -141,6 +158,9 @@ class FakeBackend:
         fault = Fault.find(prompt_text(prompt), job.attempt) if self.options.faults else None
         produced = 0
         for i in range(limit):
+            if i == self.options.eos_after:
+                yield _final("stop", prompt, produced)
+                return
             await _sleep_until(start + (self.options.ttft_ms + i * self.options.itl_ms) / 1000)
             if fault is not None:
                 fault.strike(i)
@@ -163,6 +183,15 @@ class FakeBackend:
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return [fake_embedding(text, self.options.embedding_dim) for text in texts]
+
+    async def tokenize(self, request: Tokenization) -> list[int]:
+        """One token per word of the text generation counts (see :func:`count_tokens`); the
+        fake tokenizer has no special tokens to add."""
+        return [VOCABULARY.get(word, UNKNOWN) for word in prompt_text(request.prompt).split()]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """Any id outside its vocabulary is ``<unk>``, as any unknown word is."""
+        return " ".join(TOKENS[t] if t < len(TOKENS) else TOKENS[UNKNOWN] for t in tokens)
 
 
 def create(model: ModelConfig) -> FakeBackend:

@@ -28,6 +28,8 @@ from llmspool.consumers.backends.base import (
     SamplingParams,
     StopMatcher,
     ThreadedGeneration,
+    Tokenization,
+    check_token_ids,
     generation_budget,
     prompt_of,
     sampling_params,
@@ -39,11 +41,14 @@ from llmspool.shared.errors import (
     ContextLengthExceeded,
     EngineError,
     InvalidRequest,
+    UnsupportedParameter,
 )
 from llmspool.shared.messages import Job
 from llmspool.shared.protocol import ChatCompletionTokenLogprob, TopLogprob, Usage
 from llmspool.shared.settings import Settings
 
+#: What gemma.render ends a conversation with: the start of the model's turn.
+_GEMMA_GENERATION_PROMPT = "<start_of_turn>model\n"
 MISSING = "the llama_cpp backend needs llama-cpp-python: pip install 'llmspool[llamacpp]'"
 
 
@@ -124,11 +129,50 @@ class LlamaCppBackend:
             return str(rendered.prompt)
         return gemma.render(prompt.messages)
 
-    def tokenize(self, prompt: Prompt) -> list[int]:
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
         tokens: list[int] = self._llm.tokenize(
             self.render(prompt).encode(), add_bos=True, special=prompt.is_chat
         )
         return tokens
+
+    async def tokenize(self, request: Tokenization) -> list[int]:
+        return await asyncio.to_thread(self._tokenize, self._started(), request)
+
+    def _tokenize(self, llm: Any, request: Tokenization) -> list[int]:
+        """A prompt as generation tokenizes it (BOS with ``add_special_tokens``); messages as
+        the engine is given them (the template, with its BOS), plus a second BOS with
+        ``add_special_tokens`` (as vLLM adds the tokenizer's tokens to the template's)."""
+        prompt = request.prompt
+        with self._lock:
+            if prompt.text is not None:
+                return list(llm.tokenize(prompt.text.encode(), add_bos=request.add_special_tokens))
+            ids = list(llm.tokenize(self._chat_text(request).encode(), add_bos=True, special=True))
+        return [llm.token_bos(), *ids] if request.add_special_tokens else ids
+
+    def _chat_text(self, request: Tokenization) -> str:
+        text = self.render(request.prompt)
+        if request.add_generation_prompt:
+            return text
+        if self._formatter is not None:  # llama-cpp-python's formatter always adds it
+            raise UnsupportedParameter(
+                "add_generation_prompt: false is not supported with chat_template = 'gguf'",
+                param="add_generation_prompt",
+            )
+        return text.removesuffix(_GEMMA_GENERATION_PROMPT)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        llm = self._started()
+        check_token_ids(tokens, llm.n_vocab())  # llama.cpp does not check them itself
+        return await asyncio.to_thread(self._detokenize, llm, tokens)
+
+    def _detokenize(self, llm: Any, tokens: list[int]) -> str:
+        with self._lock:
+            return str(llm.detokenize(tokens).decode(errors="replace"))
+
+    def _started(self) -> Any:
+        if self._llm is None:
+            raise EngineError("the llama_cpp backend is not started")
+        return self._llm
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
@@ -139,7 +183,7 @@ class LlamaCppBackend:
         self, prompt: Prompt, params: SamplingParams, stop: threading.Event
     ) -> Iterator[Delta]:
         with self._lock:
-            tokens = self.tokenize(prompt)
+            tokens = self.prompt_ids(prompt)
             limit = generation_budget(params, len(tokens), self.options.n_ctx, prompt.is_chat)
             self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
             try:

@@ -21,6 +21,7 @@ from llmspool.consumers.backends.base import (
     Delta,
     Prompt,
     SamplingParams,
+    Tokenization,
     prompt_of,
     sampling_params,
 )
@@ -32,6 +33,7 @@ from llmspool.shared.errors import (
     InvalidRequest,
     LLMSpoolError,
     ServiceUnavailable,
+    UnsupportedCapability,
 )
 from llmspool.shared.messages import Job
 from llmspool.shared.protocol import (
@@ -167,6 +169,48 @@ class OpenAIBackend:
             raise upstream_error(exc) from exc
         ordered = sorted(result.data, key=lambda d: d.index)
         return [list(d.embedding) for d in ordered]
+
+    async def tokenize(self, request: Tokenization) -> list[int]:
+        body: dict[str, Any] = {"add_special_tokens": request.add_special_tokens}
+        prompt = request.prompt
+        if prompt.text is not None:
+            body["prompt"] = prompt.text
+        else:
+            body["messages"] = [m.model_dump(exclude_none=True) for m in prompt.messages]
+            body["add_generation_prompt"] = request.add_generation_prompt
+        answer = await self._forward("tokenize", body)
+        return [int(token) for token in answer["tokens"]]
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        answer = await self._forward("detokenize", {"tokens": tokens})
+        return str(answer["prompt"])
+
+    async def _forward(self, route: str, body: dict[str, Any]) -> Any:
+        """POST to the upstream's vLLM-style ``/tokenize`` or ``/detokenize`` (at its root,
+        beside ``/v1``)."""
+        import openai
+
+        if self._client is None:
+            raise EngineError("the openai backend is not started")
+        root = self._client.with_options(base_url=upstream_root(self.options.base_url))
+        try:
+            body = {"model": self.upstream_model, **body}
+            return await root.post(f"/{route}", body=body, cast_to=dict)
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                raise UnsupportedCapability(
+                    f"the upstream server {self.options.base_url} has no /{route} route "
+                    f"(HTTP {exc.status_code}); only vLLM-compatible servers serve it",
+                    param="model",
+                ) from exc
+            raise upstream_error(exc) from exc
+        except Exception as exc:
+            raise upstream_error(exc) from exc
+
+
+def upstream_root(base_url: str) -> str:
+    """The upstream's root URL: its API root without the ``/v1`` suffix."""
+    return base_url.rstrip("/").removesuffix("/v1")
 
 
 def request_args(params: SamplingParams, chat: bool = True) -> dict[str, Any]:

@@ -21,10 +21,11 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
+from llmspool.consumers.backends import hf_tokens
 from llmspool.consumers.backends.base import (
     BackendOptions,
     Delta,
@@ -32,6 +33,7 @@ from llmspool.consumers.backends.base import (
     SamplingParams,
     StopMatcher,
     ThreadedGeneration,
+    Tokenization,
     generation_budget,
     prompt_of,
     sampling_params,
@@ -44,6 +46,7 @@ from llmspool.shared.messages import Job
 from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, TopLogprob, Usage
 
 MISSING = "the transformers backend needs PyTorch and transformers: pip install 'llmspool[torch]'"
+_T = TypeVar("_T")
 _STREAM_TIMEOUT = 600.0  # seconds the streamer waits for the next token before giving up
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,21 @@ class TransformersBackend:
         if self._tokenizer is None or self._lm is None:
             raise EngineError("the transformers backend is not started")
         return self._tokenizer
+
+    # ------------------------------------------------------------------ tokenizer
+
+    async def tokenize(self, request: Tokenization) -> list[int]:
+        tokenizer = self._require_tokenizer()
+        name = self.model.name
+        return await asyncio.to_thread(self._locked, hf_tokens.tokenize, tokenizer, request, name)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        tokenizer = self._require_tokenizer()
+        return await asyncio.to_thread(self._locked, hf_tokens.detokenize, tokenizer, tokens)
+
+    def _locked(self, call: Callable[..., _T], *args: Any) -> _T:
+        with self._tokenizer_lock:
+            return call(*args)
 
     # ------------------------------------------------------------------ embeddings
 

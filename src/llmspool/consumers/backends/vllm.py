@@ -25,12 +25,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llmspool.consumers.backends import hf_tokens
 from llmspool.consumers.backends.base import (
     BackendOptions,
     Delta,
     NoEmbeddings,
     Prompt,
     SamplingParams,
+    Tokenization,
     generation_budget,
     prompt_of,
     sampling_params,
@@ -129,7 +131,7 @@ class VllmBackend(NoEmbeddings):
     async def _generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta]:
         if self._engine is None or self._make_params is None:
             raise EngineError("the vllm backend is not started")
-        ids = self.tokenize(prompt, params)
+        ids = self.prompt_ids(prompt, params)
         if self.max_model_len is not None:  # refused here at once, as vLLM's server does
             generation_budget(params, len(ids), self.max_model_len, prompt.is_chat)
         request_id = f"llmspool-{uuid.uuid4().hex}"
@@ -146,7 +148,7 @@ class VllmBackend(NoEmbeddings):
             if not reader.finished:  # cancelled, or the consumer went away: free the slot
                 await self._engine.abort(request_id)
 
-    def tokenize(self, prompt: Prompt, params: SamplingParams | None = None) -> list[int]:
+    def prompt_ids(self, prompt: Prompt, params: SamplingParams | None = None) -> list[int]:
         """The token ids the engine is given: chat through the tokenizer's chat template."""
         tokenizer = self._tokenizer
         if prompt.text is not None:
@@ -163,6 +165,17 @@ class VllmBackend(NoEmbeddings):
         )
         # transformers 5 returns a BatchEncoding here, older releases a list of ids.
         return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+
+    async def tokenize(self, request: Tokenization) -> list[int]:
+        return hf_tokens.tokenize(self._started_tokenizer(), request, self.model.name)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return hf_tokens.detokenize(self._started_tokenizer(), tokens)
+
+    def _started_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise EngineError("the vllm backend is not started")
+        return self._tokenizer
 
 
 def request_error(exc: ValueError, chat: bool) -> InvalidRequest:
