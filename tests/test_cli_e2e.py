@@ -32,16 +32,17 @@ def test_queue_and_workers_agree_with_redis_cli(stack_factory: StackFactory) -> 
     waiting = threading.Thread(
         target=lambda: httpx.post(f"{stack.base_url}/v1/completions", json=body, timeout=60)
     )
-    waiting.start()  # no worker yet: the job waits in the stream
-    wait_until(lambda: stack.redis.client().xlen(keys.requests_stream("fake")) == 1, 10)
+    waiting.start()  # no worker yet: the job waits for its turn in the stream's waiting room
+    room = keys.waiting(keys.requests_stream("fake"))
+    wait_until(lambda: stack.redis.client().xlen(room) == 1, 10)
 
     queue = json.loads(llmspool(stack, "queue", "fake", "--json").stdout)
     group = xinfo_group(stack, keys.requests_stream("fake"))
-    assert queue["lag"] == int(group["lag"]) == 1
+    assert queue["lag"] == int(group["lag"]) + int(stack.redis.cli("XLEN", room)) == 1
     assert queue["pending"] == int(group["pending"]) == 0
-    assert queue["streams"][0]["length"] == int(
-        stack.redis.cli("XLEN", keys.requests_stream("fake"))
-    )
+    assert queue["streams"][0]["waiting"] == 1
+    length = int(stack.redis.cli("XLEN", keys.requests_stream("fake")))
+    assert queue["streams"][0]["length"] == length
     assert queue["oldest_age"] >= 0 and queue["dead"] == 0 and queue["backlog"] == 1
 
     stack.start_worker("fake")

@@ -148,6 +148,11 @@ def stream_key(model: str) -> str:
     return keys.requests_stream(model)
 
 
+def waiting_key(model: str) -> str:
+    """Where jobs wait for their tenant's turn while no worker takes them."""
+    return keys.waiting(keys.requests_stream(model))
+
+
 def added(stack: Stack, model: str) -> int:
     """Jobs ever enqueued for ``model`` (the stream itself is trimmed)."""
     return int(stack.redis.client().xinfo_stream(stream_key(model))["entries-added"])
@@ -287,11 +292,11 @@ def test_queue_limit_answers_429(stack: Stack, pool: ThreadPoolExecutor) -> None
         pool.submit(post, stack, chat("full", str(i), 2), headers={"x-llmspool-timeout": "1"})
         for i in range(2)
     ]
-    wait_until(lambda: stack.redis.client().xlen(stream_key("full")) == 2, 10)
+    wait_until(lambda: stack.redis.client().xlen(waiting_key("full")) == 2, 10)
     refused = post(stack, chat("full", "one too many", 2))
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
-    assert stack.redis.client().xlen(stream_key("full")) == 2  # not enqueued
+    assert stack.redis.client().xlen(waiting_key("full")) == 2  # not enqueued
     assert all(w.result(30).status_code == 504 for w in waiting)
 
 

@@ -193,4 +193,5 @@ def test_no_worker_before_deadline_is_a_clear_504(stack_factory) -> None:  # typ
     assert response.headers["x-should-retry"] == "false"
     assert "No worker" in response.json()["error"]["message"]
     # the job stayed queued; a late worker skips it as expired rather than running it
-    assert stack.redis.cli("XLEN", keys.requests_stream("idle")).strip() == "1"
+    waiting = keys.waiting(keys.requests_stream("idle"))
+    assert stack.redis.cli("XLEN", waiting).strip() == "1"

@@ -29,7 +29,7 @@ from llmspool.batch.lines import Line, ParsedFile, job_kind, parse_file
 from llmspool.batch.models import BatchError, BatchErrors, FileObject, Record
 from llmspool.batch.queue import FAN_OUT, FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchState, BatchStore
-from llmspool.shared import keys
+from llmspool.shared import keys, tenants
 from llmspool.shared.config import Config
 from llmspool.shared.errors import NotFound
 from llmspool.shared.messages import Job, JobKind
@@ -119,16 +119,18 @@ async def fan_out_batch(ctx: Ctx, batch_id: str) -> None:
         current = await _state(store, batch_id)
         if current is None or current.status != "in_progress":
             return  # cancelled or expired: stop dispatching
-        await _xadd_lines(ctx["redis"], state, chunk)
+        await _enqueue_lines(ctx["redis"], state, chunk)
         await store.update(batch_id, {"fanned": str(chunk[-1].number)})
     final = await _state(store, batch_id)
     if final is not None and final.done >= final.count("total"):
         await enqueue_step(ctx["redis"], FINALIZE, batch_id)
 
 
-async def _xadd_lines(redis: Redis, state: BatchState, lines: list[Line]) -> None:
+async def _enqueue_lines(redis: Redis, state: BatchState, lines: list[Line]) -> None:
     kind = job_kind(state["endpoint"])
     deadline = state.stamp("expires_at") or time.time()
+    tenant = state.fields.get("owner") or keys.ANONYMOUS_TENANT
+    weight = float(state.fields.get("weight") or 1)
     pipe = redis.pipeline(transaction=False)
     for line in lines:
         if line.body is None:
@@ -141,9 +143,13 @@ async def _xadd_lines(redis: Redis, state: BatchState, lines: list[Line]) -> Non
             deadline=deadline,
             batch_id=state.id,
             batch_line=line.number,
+            tenant=tenant,
         )
-        fields: Any = job.to_fields()
-        pipe.xadd(keys.batch_stream(job.model), fields)
+        stream = keys.batch_stream(job.model)
+        # never refused: a batch waits for its turns however long its queue is
+        pipe.eval(
+            tenants.ENQUEUE, *tenants.enqueue_command(stream, tenant, weight, 0, job.to_fields())
+        )
     await pipe.execute()
 
 

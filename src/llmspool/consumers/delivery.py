@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from llmspool.shared import commands, keys
+from llmspool.shared import commands, keys, tenants
 from llmspool.shared.messages import decode_fields
 
 log = logging.getLogger(__name__)
@@ -61,20 +61,16 @@ class Deliveries:
         self.lease_ms = max(1, int(lease * 1000))
         self._streams = keys.model_streams(model)
 
-    async def read(
-        self, count: int, block_ms: int | None, stream: str | None = None
-    ) -> list[Entry]:
-        """New entries (first deliveries) of ``stream`` (default: the requests stream),
-        waiting up to ``block_ms`` for some (None: not at all)."""
+    async def read(self, count: int, stream: str | None = None) -> list[Entry]:
+        """Up to ``count`` new jobs (first deliveries) of ``stream`` (default: the requests
+        stream), tenants in their turns (:mod:`llmspool.shared.tenants`); never waits."""
         stream = stream or keys.requests_stream(self.model)
-        reply = await self.redis.xreadgroup(
-            keys.GROUP, self.consumer, {stream: ">"}, count=count, block=block_ms
-        )
-        return [
-            Entry(stream, _text(entry_id), decode_fields(fields))
-            for _, entries in reply or []
-            for entry_id, fields in entries
-        ]
+        taken = await tenants.take(self.redis, stream, self.consumer, count)
+        return [Entry(stream, _text(entry_id), _pairs(flat)) for entry_id, flat in taken]
+
+    async def wait(self, streams: list[str], block_ms: int) -> None:
+        """Wait up to ``block_ms`` for a job to be enqueued on any of ``streams``."""
+        await tenants.wait(self.redis, streams, block_ms)
 
     async def reclaim(self, count: int) -> list[Entry]:
         """Take over up to ``count`` entries idle past the lease (their worker died)."""
@@ -223,6 +219,11 @@ for _, consumer in ipairs(consumers) do
 end
 return removed
 """
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A field list as Lua hands it back (name, value, name, value...) as a dict."""
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

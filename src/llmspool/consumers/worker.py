@@ -64,8 +64,6 @@ _BATCH_POLL_MS = 20
 #: the group: mostly workers that are gone (a live one comes back with its next job).
 _CONSUMER_IDLE = 600.0
 _CONSUMER_CLEANUP_EVERY = 60.0
-#: Seconds between looks at the batch stream while interactive jobs keep the worker reading.
-_BATCH_CHECK = 0.05
 _CANCEL_MEMORY = 10_000  # ids of cancelled requests remembered to skip them if still queued
 _TASK_STOP_TIMEOUT = 2.0  # seconds background tasks get to end once cancelled
 
@@ -107,7 +105,6 @@ class Worker:
         # leases kept and takeovers looked for every lease/4, the streams trimmed as often
         self._upkeep_every = min(settings.lease / 4, _UPKEEP_MAX)
         self._next_reclaim = 0.0
-        self._next_batch_check = 0.0
         # a blocked read must end well before a command times out
         self._block_ms = max(1, min(settings.block_ms, int(settings.redis_timeout * 500)))
         self.metrics = WorkerMetrics(
@@ -298,22 +295,22 @@ class Worker:
         return []
 
     async def _read_new(self, free: int) -> list[Entry]:
-        """Interactive jobs first; batch lines only into free batch slots, looked for at most
-        every ``_BATCH_CHECK`` seconds (while interactive jobs keep coming, each read would
-        otherwise cost two more round trips)."""
+        """Interactive jobs first; batch lines only into free batch slots; with neither, wait
+        for a job to be enqueued (while batch lines fill their slots, only for interactive
+        work, and briefly, so a batch slot that frees up is refilled soon)."""
+        entries = await self.deliveries.read(free)
+        if entries:
+            return entries
+        requests, batch = keys.model_streams(self.model.name)
         batch_free = self.batch_slots - self._batch_running()
-        now = asyncio.get_running_loop().time()
-        if batch_free > 0 and now >= self._next_batch_check:
-            entries = await self.deliveries.read(free, None)
+        if batch_free > 0:
+            entries = await self.deliveries.read(min(free, batch_free), batch)
             if entries:
                 return entries
-            stream = keys.batch_stream(self.model.name)
-            entries = await self.deliveries.read(min(free, batch_free), None, stream)
-            if entries:
-                return entries
-            self._next_batch_check = now + _BATCH_CHECK
-        block = _BATCH_POLL_MS if batch_free <= 0 else self._block_ms
-        return await self.deliveries.read(free, block)
+            await self.deliveries.wait([requests, batch], self._block_ms)
+        else:
+            await self.deliveries.wait([requests], _BATCH_POLL_MS)
+        return []
 
     def _batch_running(self) -> int:
         return sum(1 for entry, _ in self.running.values() if _is_batch(entry.stream))

@@ -1,11 +1,15 @@
 """Manifests for clusters that run KEDA: per model, a worker Deployment and a ScaledObject.
 
 KEDA's ``redis-streams`` scaler reads the same numbers as llmspool's own policy. Each model gets
-four triggers — lag (``lagCount``: undelivered entries, the only measure that can wake a pool
-from zero) and pending (``pendingEntriesCount``: entries being generated, so running work keeps
-its pods; lag alone would scale to zero under running generations) on both of its streams. The
-HPA takes the largest of them, so KEDA sizes a pool by max(lag, pending)/target where llmspool's
-own control loop uses (lag + pending)/target. ``cooldownPeriod`` is the idle window (to zero),
+three triggers per work stream (requests, batch): ``streamLength`` (XLEN) of the stream's
+waiting room ``<stream>:waiting`` — the jobs waiting for their tenant's turn, which is where
+new work lies (shared/tenants.py) — and, on the stream itself with its group ``workers``,
+``lagCount`` (entries added to the stream directly: requeued dead jobs) and
+``pendingEntriesCount`` (jobs being generated, so running work keeps its pods). With
+``activationLagCount`` 0, KEDA activates a trigger whose figure is above 0, so one waiting job
+wakes a pool from zero. The HPA takes the largest of them, so KEDA sizes a pool by
+max(waiting, lag, pending)/target where llmspool's own control loop uses
+(waiting + lag + pending)/target. ``cooldownPeriod`` is the idle window (to zero),
 the HPA's scale-down stabilization window is the model's ``scale_down_window``, and the pods'
 ``terminationGracePeriodSeconds`` covers ``drain_timeout`` so a scaled-down pod finishes its jobs.
 
@@ -99,7 +103,8 @@ def deployment(model: ModelConfig, options: ClusterOptions) -> Manifest:
 
 
 def scaled_object(model: ModelConfig, options: ClusterOptions) -> Manifest:
-    """The KEDA ScaledObject of ``model``: lag and pending triggers on both of its streams."""
+    """The KEDA ScaledObject of ``model``: waiting, lag and pending triggers on both of its
+    streams."""
     name = deployment_name(model.name, options.prefix)
     scale_down = {"stabilizationWindowSeconds": math.ceil(model.autoscale.scale_down_window)}
     return {
@@ -119,18 +124,24 @@ def scaled_object(model: ModelConfig, options: ClusterOptions) -> Manifest:
 
 
 def triggers(model: ModelConfig, options: ClusterOptions) -> list[Manifest]:
-    """``redis-streams`` triggers; KEDA wants every metadata value as a string."""
+    """``redis-streams`` triggers, three per work stream; KEDA wants every value as a string."""
     target = str(model.target_per_worker)
     result = []
     for stream in keys.model_streams(model.name):
-        common = {"address": options.redis_address, "stream": stream, "consumerGroup": keys.GROUP}
-        lag = {**common, "lagCount": target, "activationLagCount": "0"}
-        pending = {**common, "pendingEntriesCount": target}
+        address = {"address": options.redis_address}
+        group = {**address, "stream": stream, "consumerGroup": keys.GROUP}
+        waiting = {**address, "stream": keys.waiting(stream), "streamLength": target}
+        kind = _kind(stream)
         result += [
-            {"type": "redis-streams", "name": f"{_kind(stream)}-lag", "metadata": lag},
-            {"type": "redis-streams", "name": f"{_kind(stream)}-pending", "metadata": pending},
+            _trigger(f"{kind}-waiting", {**waiting, "activationLagCount": "0"}),
+            _trigger(f"{kind}-lag", {**group, "lagCount": target, "activationLagCount": "0"}),
+            _trigger(f"{kind}-pending", {**group, "pendingEntriesCount": target}),
         ]
     return result
+
+
+def _trigger(name: str, metadata: dict[str, str]) -> dict[str, Any]:
+    return {"type": "redis-streams", "name": name, "metadata": metadata}
 
 
 def _kind(stream: str) -> str:

@@ -110,6 +110,13 @@ def current_key(request: Request) -> ApiKey | None:
     return admission.key if admission is not None else None
 
 
+def visible_owner(request: Request) -> str | None:
+    """Whose requests the request may read: its key's own; None (everyone's) with keys off or
+    an admin key."""
+    key = current_key(request)
+    return None if key is None or key.admin else key.id
+
+
 def check_model(request: Request, model: str) -> None:
     """403 when the request's key may not use ``model``."""
     key = current_key(request)

@@ -46,6 +46,12 @@ def _owner(request: Request) -> str:
     return key.id if key is not None else ""
 
 
+def _weight(request: Request) -> float:
+    """The share of the turns the batch's lines get (its key's weight; 1 with keys off)."""
+    key = current_key(request)
+    return key.weight if key is not None else 1.0
+
+
 def _visible_to(request: Request) -> str | None:
     """The owner whose files and batches the request may see; None: everyone's (keys off, or
     a key with the admin scope)."""
@@ -178,6 +184,7 @@ async def create_batch(body: BatchCreateRequest, request: Request, producer: Pro
         "expires_at": f"{now + producer.settings.batch_window:.3f}",
         "metadata": orjson.dumps(body.metadata).decode() if body.metadata is not None else "",
         "owner": _owner(request),
+        "weight": f"{_weight(request):g}",
     }
     await store.create_batch(fields, now)
     await enqueue_step(producer.redis, VALIDATE, batch_id)

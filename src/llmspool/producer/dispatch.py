@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from llmspool.producer.observe import RequestTrace
 from llmspool.producer.relay import ReplyRelay
 from llmspool.producer.timeline import Timeline
-from llmspool.shared import keys
+from llmspool.shared import keys, tenants
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
     DeadlineExceeded,
@@ -53,27 +53,6 @@ DEADLINE_GRACE = 2.0
 
 #: Put in a reply's queue when its deadline passes; a real frame is never empty.
 _EXPIRED = b""
-
-
-#: Admission and enqueueing in one step: the stream's backlog (the group's lag plus its pending
-#: entries, or the stream's length where Redis cannot tell the lag) against the limit, then the
-#: XADD. Returns {1, entry id} or {0, backlog}. KEYS[1]: stream; ARGV: limit, group, fields.
-_ADMIT_AND_ADD = """
-local depth = nil
-local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-if type(groups) == 'table' and not groups.err then
-  for _, group in ipairs(groups) do
-    local info = {}
-    for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-    if info['name'] == ARGV[2] and info['lag'] then
-      depth = tonumber(info['lag']) + tonumber(info['pending'])
-    end
-  end
-end
-if depth == nil then depth = redis.call('XLEN', KEYS[1]) end
-if depth >= tonumber(ARGV[1]) then return {0, depth} end
-return {1, redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))}
-"""
 
 
 class Dispatcher:
@@ -101,10 +80,13 @@ class Dispatcher:
         model: ModelConfig,
         trace: RequestTrace,
         idempotency_key: str | None = None,
+        weight: float = 1.0,
     ) -> Reply:
-        """Enqueue ``job`` and return its reply (subscribed before the job exists); ``trace``
-        watches it until the reply closes. Raises :class:`QueueFull` when the model already has
-        its limit of jobs waiting or running (checked and enqueued in one script)."""
+        """Enqueue ``job`` in its tenant's queue (``weight``: the tenant's share of the turns)
+        and return its reply (subscribed before the job exists); ``trace`` watches it until the
+        reply closes. Raises :class:`QueueFull` when the model already has its limit of jobs
+        waiting or running and the tenant its share of them (checked and enqueued in one
+        script, see :mod:`llmspool.shared.tenants`)."""
         meta = ReplyMeta.of(job)
         channel = keys.reply_channel(job.request_id)
         # Not waiting for Redis to confirm: the SUBSCRIBE is written before the XADD, and the
@@ -112,7 +94,8 @@ class Dispatcher:
         # be missed anyway, the reply log has it (see Reply._next and Reply._tick).
         queue = await self.relay.subscribe(channel, confirm=False)
         try:
-            await self._enqueue(job, meta, model.queue_limit or self.settings.queue_limit)
+            limit = model.queue_limit or self.settings.queue_limit
+            await self._enqueue(job, meta, limit, weight)
         except UNAVAILABLE as exc:
             await self._abandon(channel, idempotency_key)
             raise ServiceUnavailable(f"cannot enqueue: redis unavailable ({exc})") from exc
@@ -123,26 +106,24 @@ class Dispatcher:
         reply.idempotency_key = idempotency_key
         return reply
 
-    async def _enqueue(self, job: Job, meta: ReplyMeta, limit: int) -> None:
+    async def _enqueue(self, job: Job, meta: ReplyMeta, limit: int, weight: float) -> None:
         log_key = keys.reply_log(job.request_id)
         stream = keys.requests_stream(job.model)
-        fields = job.to_fields()
+        tenant = _tenant(job)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(log_key, {"m": meta.dumps()})
         pipe.expire(log_key, self.settings.replylog_ttl + int(job.deadline - time.time()))
-        args: list[Any] = [limit, keys.GROUP]
-        for name, value in fields.items():
-            args += [name, value]
         # EVAL, not EVALSHA: it works the same in a pipeline and on a cluster, and Redis
         # caches the compiled script by its hash
-        pipe.eval(_ADMIT_AND_ADD, 1, stream, *args)
+        command = tenants.enqueue_command(stream, tenant, weight, limit, job.to_fields())
+        pipe.eval(tenants.ENQUEUE, *command)
         *_, (added, depth) = await pipe.execute()
         if not added:
             with contextlib.suppress(*UNAVAILABLE):
                 await self.redis.delete(log_key)
             raise QueueFull(
                 f"The queue of model '{job.model}' is full ({depth} requests waiting or "
-                f"running, limit {limit}); retry later.",
+                f"running, limit {limit}) and this API key holds its share of it; retry later.",
                 retry_after=1,
             )
 
@@ -151,15 +132,16 @@ class Dispatcher:
         if idempotency_key is not None:
             await self.forget(idempotency_key)
 
-    async def follow(self, request_id: str) -> Reply:
-        """The reply of a request some API process already enqueued, from its first frame."""
+    async def follow(self, request_id: str, owner: str | None = None) -> Reply:
+        """The reply of a request some API process already enqueued, from its first frame;
+        with ``owner``, only if that tenant made it (else it is not found)."""
         queue = await self.relay.subscribe(keys.reply_channel(request_id))
         try:
             cursor, meta, frames = await read_log(self.redis, request_id, "0-0")
         except BaseException:
             await self.relay.unsubscribe(keys.reply_channel(request_id))
             raise
-        if meta is None:
+        if meta is None or (owner is not None and meta.owner != owner):
             await self.relay.unsubscribe(keys.reply_channel(request_id))
             raise RequestNotFound(request_id)
         reply = Reply(self, meta, queue)
@@ -167,11 +149,12 @@ class Dispatcher:
         return reply
 
     async def remember(self, key: str, job: Job) -> str | None:
-        """Bind an Idempotency-Key to ``job``; if it was bound before, the first request's id
-        (after checking that it was the same request)."""
+        """Bind an Idempotency-Key (``key``: its Redis name, :func:`keys.idempotency`) to
+        ``job``; if it was bound before, the first request's id (after checking that it was
+        the same request)."""
         digest = hashlib.sha256(job.body.model_dump_json(exclude_unset=True).encode()).hexdigest()
         value = orjson.dumps({"request_id": job.request_id, "body": digest})
-        name = keys.idempotency(key)
+        name = key
         if await self.redis.set(name, value, nx=True, ex=self.settings.idempotency_ttl):
             return None
         raw = await self.redis.get(name)
@@ -184,9 +167,21 @@ class Dispatcher:
 
     async def forget(self, key: str) -> None:
         try:
-            await self.redis.delete(keys.idempotency(key))
+            await self.redis.delete(key)
         except UNAVAILABLE as exc:
             log.warning("could not forget an idempotency key: %s", exc)
+
+    async def keep(self, request_id: str, key: str) -> None:
+        """Keep a finished reply's log, and its Idempotency-Key, for ``idempotency_ttl``: a
+        repeat gets the first reply however long the reply log alone would have lived."""
+        ttl = self.settings.idempotency_ttl
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.expire(keys.reply_log(request_id), ttl)
+            pipe.expire(key, ttl)
+            await pipe.execute()
+        except UNAVAILABLE as exc:
+            log.warning("could not keep the reply of %s: %s", request_id, exc)
 
     def cancel_later(self, request_id: str, model: str, idempotency_key: str | None) -> None:
         """Cancel a request of ``model`` whose client went away, after ``cancel_grace``
@@ -438,8 +433,14 @@ class Reply:
         if self.trace is not None:
             self.trace.finish()
         await self._dispatcher.relay.unsubscribe(keys.reply_channel(self.request_id))
+        if self.finished and self.idempotency_key is not None:
+            await self._dispatcher.keep(self.request_id, self.idempotency_key)
         if not self.finished and self.owner:
             self._dispatcher.cancel_later(self.request_id, self.meta.model, self.idempotency_key)
+
+
+def _tenant(job: Job) -> str:
+    return job.tenant or keys.ANONYMOUS_TENANT
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

@@ -91,23 +91,30 @@ async def _first_pass(redis: Redis, models: Sequence[str]) -> list[list[_Group]]
         for stream in keys.model_streams(model):
             pipe.xinfo_groups(stream)
             pipe.xlen(stream)
+            pipe.xlen(keys.waiting(stream))
         pipe.xlen(keys.dead_stream(model))
     replies = await pipe.execute(raise_on_error=False)
-    per_model = 2 * len(QUEUES) + 1
+    per_model = 3 * len(QUEUES) + 1
     return [_parse_model(replies[i * per_model : (i + 1) * per_model]) for i in range(len(models))]
 
 
 def _parse_model(replies: list[Any]) -> list[_Group]:
     """The work streams' groups, then the dead stream's length."""
-    parsed = [_group_info(replies[2 * j], replies[2 * j + 1]) for j in range(len(QUEUES))]
+    parsed = [_group_info(*replies[3 * j : 3 * j + 3]) for j in range(len(QUEUES))]
     parsed.append(_Group(length=_int(replies[-1])))
     return parsed
 
 
-def _group_info(groups: Any, length: Any) -> _Group:
+def _group_info(groups: Any, length: Any, waiting: Any) -> _Group:
+    """The group's numbers; ``lag`` counts the jobs waiting for their tenant's turn too."""
     info = _Group(length=_int(length))
-    if isinstance(groups, ResponseError | BaseException) or not groups:
-        return info
+    if not isinstance(groups, ResponseError | BaseException) and groups:
+        _read_group(info, groups)
+    info.lag += _int(waiting)
+    return info
+
+
+def _read_group(info: _Group, groups: Any) -> None:
     for group in groups:
         fields = {_text(k): v for k, v in group.items()}
         if _text(fields.get("name")) != keys.GROUP:
@@ -117,7 +124,6 @@ def _group_info(groups: Any, length: Any) -> _Group:
         lag = fields.get("lag")
         # Redis leaves lag unset when deletions make it unknowable; the length bounds it.
         info.lag = _int(lag) if lag is not None else max(info.length - info.pending, 0)
-    return info
 
 
 async def _oldest_undelivered(
@@ -130,9 +136,11 @@ async def _oldest_undelivered(
             info = groups[i][j]
             start = f"({info.last}" if info.last else "-"
             pipe.xrange(stream, min=start, max="+", count=1)
+            pipe.xrange(keys.waiting(stream), count=1)
     replies = await pipe.execute(raise_on_error=False)
     now = time.time()
-    ages = [_age(reply, now) for reply in replies]
+    # per stream: its first undelivered entry, then the first job of its waiting room
+    ages = [max(_age(a, now), _age(b, now)) for a, b in zip(replies[::2], replies[1::2])]
     return [ages[i * len(QUEUES) : (i + 1) * len(QUEUES)] for i in range(len(models))]
 
 

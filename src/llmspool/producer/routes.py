@@ -34,7 +34,7 @@ from llmspool.producer.dispatch import Dispatcher, Reply
 from llmspool.producer.observe import RequestTrace
 from llmspool.producer.service import Producer, get_producer
 from llmspool.producer.sse import EventStream
-from llmspool.shared import capabilities
+from llmspool.shared import capabilities, keys
 from llmspool.shared.checks import check_request, check_size
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
@@ -178,6 +178,7 @@ async def detokenize(
 )
 async def request_events(
     request_id: str,
+    request: Request,
     producer: ProducerDep,
     # the spec says what parse_event_id accepts: attempt.seq.k
     last_event_id: Annotated[str, Header(pattern=r"^(\d+\.\d+\.\d+)?$")] = "",
@@ -185,14 +186,14 @@ async def request_events(
     """The reply of an enqueued request as SSE chunks, from the event after
     ``Last-Event-ID`` (from the start without it)."""
     after = responses.parse_event_id(last_event_id)
-    reply = await producer.dispatcher.follow(request_id)
+    reply = await producer.dispatcher.follow(request_id, auth.visible_owner(request))
     return _stream(reply, after)
 
 
 @router.get("/v1/requests/{request_id}", response_model=None, responses=_ERRORS)
 async def request_result(request_id: str, request: Request, producer: ProducerDep) -> Response:
     """The whole reply of an enqueued request, once it is finished."""
-    reply = await producer.dispatcher.follow(request_id)
+    reply = await producer.dispatcher.follow(request_id, auth.visible_owner(request))
     return await _whole(request, reply)
 
 
@@ -244,6 +245,7 @@ async def submit(
     model = producer.config.model(body.model)
     dispatcher = producer.dispatcher
     auth.check_model(request, model.name)
+    api_key = auth.current_key(request)
     job = Job(
         request_id=f"{prefix}{uuid.uuid4().hex}",
         kind=kind,
@@ -251,14 +253,16 @@ async def submit(
         body=body,
         enqueued_at=time.time(),
         deadline=dispatcher.deadline(model, _timeout(request)),
+        tenant=api_key.id if api_key is not None else keys.ANONYMOUS_TENANT,
     )
     request_id.set(job.request_id)
-    key = _idempotency_key(request)
+    key = _idempotency_key(request, job)
+    weight = api_key.weight if api_key is not None else 1.0
     try:
         # A stalled Redis can make one command's reconnects and health checks add up: bound
         # the whole enqueueing, so the client gets a 503 instead of waiting for Redis.
         async with asyncio.timeout(producer.settings.redis_timeout * _ENQUEUE_TIMEOUTS):
-            reply = await _enqueue(producer, model, kind, job, key)
+            reply = await _enqueue(producer, model, kind, job, key, weight)
     except TimeoutError:
         raise ServiceUnavailable("cannot enqueue: redis does not answer") from None
     auth.track(request, reply)
@@ -266,7 +270,12 @@ async def submit(
 
 
 async def _enqueue(
-    producer: Producer, model: ModelConfig, kind: JobKind, job: Job, key: str | None
+    producer: Producer,
+    model: ModelConfig,
+    kind: JobKind,
+    job: Job,
+    key: str | None,
+    weight: float,
 ) -> Reply:
     dispatcher = producer.dispatcher
     if key is not None and (first := await dispatcher.remember(key, job)) is not None:
@@ -277,7 +286,7 @@ async def _enqueue(
         if producer.control.is_offline(model.name):
             raise ModelOffline(model.name)
         check_size(job.body, producer.settings)
-        return await _submitted(dispatcher, job, trace, key, model)
+        return await _submitted(dispatcher, job, trace, key, model, weight)
     except BaseException as exc:  # refused before a worker saw it: still one log record
         if isinstance(exc, LLMSpoolError):
             trace.fail(exc)
@@ -289,10 +298,15 @@ async def _enqueue(
 
 
 async def _submitted(
-    dispatcher: Dispatcher, job: Job, trace: RequestTrace, key: str | None, model: ModelConfig
+    dispatcher: Dispatcher,
+    job: Job,
+    trace: RequestTrace,
+    key: str | None,
+    model: ModelConfig,
+    weight: float,
 ) -> Reply:
     try:
-        return await dispatcher.submit(job, model, trace, key)
+        return await dispatcher.submit(job, model, trace, key, weight)
     except PydanticSerializationError:
         raise InvalidRequest(
             "The request holds text that is not valid Unicode (a lone surrogate).",
@@ -316,13 +330,16 @@ def _timeout(request: Request) -> float | None:
     return seconds
 
 
-def _idempotency_key(request: Request) -> str | None:
+def _idempotency_key(request: Request, job: Job) -> str | None:
+    """The Redis name of the request's Idempotency-Key: one API key's values are its own."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 0 < len(key) <= 255:
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255:
         raise InvalidRequest(
             "Idempotency-Key must be 1 to 255 characters.", param=IDEMPOTENCY_HEADER
         )
-    return key
+    return keys.idempotency(job.tenant or keys.ANONYMOUS_TENANT, key)
 
 
 def _stream(reply: Reply, after: responses.EventId | None = None) -> EventStream:

@@ -1,10 +1,12 @@
 """A model's backlog as the control plane and operators read it (``llmspool queue``,
 ``/admin/models``, the autoscaler).
 
-For each work stream (requests, batch): ``length`` is XLEN, ``lag`` and ``pending`` are the
-consumer group's fields in XINFO GROUPS, ``oldest`` is the enqueue time of the oldest entry not
-yet acknowledged (its id's milliseconds). ``dead`` is XLEN of the dead stream. ``backlog`` =
-lag + pending, summed over both streams: what the autoscaler and KEDA scale on.
+For each work stream (requests, batch): ``length`` is XLEN, ``waiting`` is XLEN of its waiting
+room (jobs waiting for their tenant's turn, :mod:`llmspool.shared.tenants`), ``lag`` is those
+plus the consumer group's lag in XINFO GROUPS (entries added to the stream directly), ``pending``
+the group's pending count, ``oldest`` the enqueue time of the oldest job not yet acknowledged
+(its entry id's milliseconds). ``dead`` is XLEN of the dead stream. ``backlog`` = lag + pending,
+summed over both streams: what the autoscaler scales on, and KEDA with the same figures.
 
 :mod:`llmspool.producer.queue_metrics` reads the same groups for Prometheus, for many models
 at once; this reader differs where the control plane needs it to: when Redis cannot tell the lag
@@ -32,6 +34,7 @@ class StreamStats(BaseModel):
 
     stream: str
     length: int = 0
+    waiting: int = 0
     lag: int = 0
     pending: int = 0
     consumers: int = 0
@@ -102,15 +105,27 @@ async def queue_stats(redis: Redis, model: str) -> QueueStats:
         pipe.xlen(stream)
         pipe.xinfo_groups(stream)
         pipe.xpending(stream, keys.GROUP)
+        pipe.xlen(keys.waiting(stream))
+        pipe.xrange(keys.waiting(stream), count=1)
     pipe.xlen(keys.dead_stream(model))
     replies = await pipe.execute(raise_on_error=False)
     stats = [
-        _stream_stats(stream, replies[i * 3 : i * 3 + 3])
+        _stream_stats(stream, replies[i * 5 : i * 5 + 3])
         for i, stream in enumerate((requests, batch))
     ]
-    for stat, group in zip(stats, (_group(replies[1]), _group(replies[4])), strict=True):
-        await _fill_undelivered(redis, stat, group)
-    return QueueStats(model=model, requests=stats[0], batch=stats[1], dead=_int(replies[6]))
+    for i, stat in enumerate(stats):
+        await _fill_undelivered(redis, stat, _group(replies[i * 5 + 1]))
+        _add_waiting(stat, replies[i * 5 + 3], replies[i * 5 + 4])
+    return QueueStats(model=model, requests=stats[0], batch=stats[1], dead=_int(replies[10]))
+
+
+def _add_waiting(stats: StreamStats, length: Any, first: Any) -> None:
+    """Count the jobs waiting for their tenant's turn as undelivered, the oldest dated."""
+    stats.waiting = _int(length)
+    stats.lag += stats.waiting
+    if isinstance(first, list) and first:
+        waited = _id_time(first[0][0])
+        stats.oldest = waited if stats.oldest is None else min(stats.oldest, waited)
 
 
 def _stream_stats(stream: str, replies: list[Any]) -> StreamStats:

@@ -2,7 +2,9 @@
 
 A key is shown once, at creation; Redis keeps only its SHA-256 digest (keys carry 256 random
 bits, so a plain digest is enough: there is nothing to brute-force). Each key has a scope
-(``user`` or ``admin``) and its own limits; 0 means unlimited, no models means every model.
+(``user`` or ``admin``) and its own limits; 0 means unlimited, no models means every model. Its
+``weight`` is its share of a model's turns when several keys wait for the same model
+(shared/tenants.py); its id names its tenant.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class ApiKey(BaseModel):
     tpm: int = Field(default=0, ge=0, description="tokens per minute; 0: unlimited")
     concurrency: int = Field(default=0, ge=0, description="requests at once; 0: unlimited")
     models: tuple[str, ...] = ()
+    weight: float = Field(
+        default=1.0, gt=0, description="share of a model's turns when keys compete for it"
+    )
     created: float = Field(default_factory=time.time)
 
     @property

@@ -47,6 +47,46 @@ def handbacks(model: str) -> str:
     return f"{PREFIX}:{{{model}}}:handbacks"
 
 
+# ------------------------------------------------------------------ fair turns between tenants
+# Each work stream (requests, batch) has a waiting room in front of it, holding the jobs that
+# wait their tenant's turn; shared/tenants.py moves them. All share the model's hash tag.
+
+#: The tenant of requests made without an API key (keys off).
+ANONYMOUS_TENANT = "anonymous"
+
+
+def waiting(stream: str) -> str:
+    """Stream: every job of ``stream`` that waits for its tenant's turn (XLEN: how many)."""
+    return f"{stream}:waiting"
+
+
+def tenant_queue(stream: str, tenant: str) -> str:
+    """List: the waiting entry ids of one tenant, oldest first."""
+    return f"{stream}:tenant:{tenant}"
+
+
+def tenant_queue_prefix(stream: str) -> str:
+    """What :func:`tenant_queue` puts before the tenant (the take script appends it)."""
+    return tenant_queue(stream, "")
+
+
+def turns(stream: str) -> str:
+    """Sorted set: the tenants with jobs waiting, scored by the virtual time of their turn."""
+    return f"{stream}:turns"
+
+
+def shares(stream: str) -> str:
+    """Hash: ``clock`` (the virtual time of the last turn), ``weight:<tenant>``,
+    ``pass:<tenant>`` (the virtual time of the tenant's next turn)."""
+    return f"{stream}:shares"
+
+
+def doorbell(stream: str) -> str:
+    """List: one element per job enqueued since a worker last found nothing to take; idle
+    workers wait on it with BLPOP."""
+    return f"{stream}:doorbell"
+
+
 def model_streams(model: str) -> tuple[str, str]:
     """The work streams of ``model``, highest priority first."""
     return requests_stream(model), batch_stream(model)
@@ -76,10 +116,10 @@ def reply_log(request_id: str) -> str:
     return f"{PREFIX}:replylog:{request_id}"
 
 
-def idempotency(key: str) -> str:
-    """The request an ``Idempotency-Key`` header was first used for (the key is hashed: it is
-    the client's text)."""
-    return f"{PREFIX}:idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
+def idempotency(tenant: str, key: str) -> str:
+    """The request an ``Idempotency-Key`` header of one tenant (API key id) was first used for
+    (the header is hashed: it is the client's text)."""
+    return f"{PREFIX}:idempotency:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def response(response_id: str) -> str:

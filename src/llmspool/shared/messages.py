@@ -76,6 +76,8 @@ class Job(BaseModel):
     attempt: int = 1
     batch_id: str | None = None
     batch_line: int | None = None
+    #: Whose turn the job waits for (shared/tenants.py): the API key's id, or "anonymous".
+    tenant: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The flat stream entry written with XADD."""
@@ -91,6 +93,8 @@ class Job(BaseModel):
         if self.batch_id is not None:
             fields["batch_id"] = self.batch_id
             fields["batch_line"] = str(self.batch_line)
+        if self.tenant is not None:
+            fields["tenant"] = self.tenant
         return fields
 
     @classmethod
@@ -113,6 +117,7 @@ class Job(BaseModel):
             attempt=attempt,
             batch_id=fields.get("batch_id"),
             batch_line=int(line) if line is not None else None,
+            tenant=fields.get("tenant"),
         )
 
     def expired(self, now: float | None = None) -> bool:
@@ -132,6 +137,8 @@ class ReplyMeta(BaseModel):
     include_usage: bool = False
     #: Choices the reply carries (``n``).
     n: int = 1
+    #: The tenant (API key id) that made the request: only it (and admin keys) may follow it.
+    owner: str | None = None
 
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()
@@ -152,6 +159,7 @@ class ReplyMeta(BaseModel):
             stream=streamed,
             include_usage=bool(options and options.include_usage),
             n=n or 1,
+            owner=job.tenant,
         )
 
 
