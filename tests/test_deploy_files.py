@@ -113,11 +113,20 @@ def test_k8s_models_workers_and_scalers_agree() -> None:
         worker = deployments[f"llmspool-worker-{model}"]
         container = worker["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["llmspool", "worker", "--model", model]
-        trigger = scaled[f"llmspool-worker-{model}"]["spec"]["triggers"][0]
-        assert trigger["type"] == "redis-streams"
-        assert trigger["metadata"]["stream"] == keys.requests_stream(model)
-        assert trigger["metadata"]["consumerGroup"] == keys.GROUP
-        assert int(trigger["metadata"]["lagCount"]) >= 1
+        triggers = {t["name"]: t for t in scaled[f"llmspool-worker-{model}"]["spec"]["triggers"]}
+        assert all(t["type"] == "redis-streams" for t in triggers.values())
+        for stream in keys.model_streams(model):  # as control/keda.py writes them
+            kind = stream.rsplit(":", 1)[-1]
+            waiting = triggers[f"{kind}-waiting"]["metadata"]
+            assert waiting["stream"] == keys.waiting(stream)
+            assert int(waiting["streamLength"]) >= 1 and waiting["activationLagCount"] == "0"
+            lag, pending = (
+                triggers[f"{kind}-lag"]["metadata"],
+                triggers[f"{kind}-pending"]["metadata"],
+            )
+            assert lag["stream"] == pending["stream"] == stream
+            assert lag["consumerGroup"] == pending["consumerGroup"] == keys.GROUP
+            assert int(lag["lagCount"]) >= 1 and int(pending["pendingEntriesCount"]) >= 1
         target = scaled[f"llmspool-worker-{model}"]["spec"]["scaleTargetRef"]["name"]
         assert target in deployments
 

@@ -121,24 +121,34 @@ def test_scaled_object_uses_documented_fields(documents: list[dict[str, Any]]) -
     assert behavior == {"scaleDown": {"stabilizationWindowSeconds": 45}}
 
 
-def test_triggers_read_lag_and_pending_of_both_streams(documents: list[dict[str, Any]]) -> None:
+def test_triggers_read_waiting_lag_and_pending_of_both_streams(
+    documents: list[dict[str, Any]],
+) -> None:
     triggers = documents[1]["spec"]["triggers"]
-    assert len(triggers) == 4
+    assert len(triggers) == 6
     seen = set()
     for trigger in triggers:
         assert set(trigger) <= TRIGGER_FIELDS and trigger["type"] == "redis-streams"
         meta = trigger["metadata"]
         assert set(meta) <= REDIS_STREAMS_METADATA
         assert all(isinstance(v, str) for v in meta.values())  # KEDA metadata is strings
-        assert meta["consumerGroup"] == keys.GROUP and meta["address"] == "redis.ml:6379"
+        assert meta["address"] == "redis.ml:6379"
+        if "streamLength" in meta:  # the jobs waiting for their tenant's turn: XLEN
+            assert meta["streamLength"] == "4" and meta["activationLagCount"] == "0"
+            seen.add((meta["stream"], "waiting"))
+            continue
+        assert meta["consumerGroup"] == keys.GROUP
         if "lagCount" in meta:  # documented: activationLagCount is required with lagCount
             assert meta["lagCount"] == "4" and meta["activationLagCount"] == "0"
             seen.add((meta["stream"], "lag"))
         else:
             assert meta["pendingEntriesCount"] == "4"
             seen.add((meta["stream"], "pending"))
-    streams = {keys.requests_stream("Org/Gemma_3:270m"), keys.batch_stream("Org/Gemma_3:270m")}
-    assert seen == {(s, kind) for s in streams for kind in ("lag", "pending")}
+    streams = [keys.requests_stream("Org/Gemma_3:270m"), keys.batch_stream("Org/Gemma_3:270m")]
+    assert seen == {
+        *((s, kind) for s in streams for kind in ("lag", "pending")),
+        *((keys.waiting(s), "waiting") for s in streams),
+    }
 
 
 def test_deployment_drains_on_termination_and_surges_on_rollout(
