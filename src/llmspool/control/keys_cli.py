@@ -45,6 +45,9 @@ def create(
     model: Annotated[
         list[str] | None, typer.Option("--model", "-m", help="Allowed model (repeat); none: all.")
     ] = None,
+    weight: Annotated[
+        float, typer.Option(min=0.01, help="Share of a model's turns against other keys.")
+    ] = 1.0,
 ) -> None:
     """Create a key and print it: it is shown only this once."""
     secret, record = _run(
@@ -56,6 +59,7 @@ def create(
             tpm=tpm,
             concurrency=concurrency,
             models=tuple(model or ()),
+            weight=weight,
         )
     )
     typer.echo(secret)
@@ -72,7 +76,7 @@ def list_(
         for record in records:
             typer.echo(record.model_dump_json())
         return
-    table = Table("id", "name", "scope", "rpm", "tpm", "concurrency", "models", "created")
+    table = Table("id", "name", "scope", "rpm", "tpm", "concurrency", "weight", "models", "created")
     table.columns[0].no_wrap = True
     for record in records:
         table.add_row(*_row(record))
@@ -91,4 +95,5 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The id `keys list` shows.
 def _row(record: ApiKey) -> list[str]:
     created = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%d %H:%M")
     limits = [str(v or "-") for v in (record.rpm, record.tpm, record.concurrency)]
-    return [record.id, record.name, record.scope, *limits, ",".join(record.models) or "*", created]
+    models = ",".join(record.models) or "*"
+    return [record.id, record.name, record.scope, *limits, f"{record.weight:g}", models, created]

@@ -1,0 +1,109 @@
+"""Tenants end to end, with keys on: real API, workers, Redis and the openai client. One key's
+flood does not hold back another key; request results, events and Idempotency-Keys belong to
+the key that made them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from llmspool.shared import apikeys, keys
+from tests.conftest import module_stack
+from tests.helpers import RedisServer, Stack, chat, fake_text, wait_until
+from tests.test_auth import quick_key
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+[[models]]
+name = "fake"
+backend = "fake"
+max_concurrency = 4
+[models.options]
+ttft_ms = 5
+itl_ms = 2
+
+[[models]]
+name = "slow"
+backend = "fake"
+max_concurrency = 1
+[models.options]
+ttft_ms = 100
+itl_ms = 100
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = module_stack(
+        redis_server,
+        tmp_path_factory.mktemp("tenants"),
+        CONFIG,
+        LLMSPOOL_AUTH="on",
+    )
+    stack.start_api()
+    stack.start_worker("fake")
+    stack.start_worker("slow")
+    yield stack
+    stack.stop()
+
+
+def post(stack: Stack, key: str, body: dict[str, object], **headers: str) -> httpx.Response:
+    headers["authorization"] = f"Bearer {key}"
+    url = f"{stack.base_url}/v1/chat/completions"
+    return httpx.post(url, json=body, headers=headers, timeout=120)
+
+
+def get(stack: Stack, key: str, path: str) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"}
+    return httpx.get(f"{stack.base_url}{path}", headers=headers, timeout=30)
+
+
+def test_a_flood_does_not_hold_back_another_key(stack: Stack) -> None:
+    flood, trickle = quick_key(stack), quick_key(stack)
+    room = keys.waiting(keys.requests_stream("slow"))
+    redis = stack.redis.client()
+    with ThreadPoolExecutor(30) as pool:  # half a second a job: 15 s of work
+        floods = [pool.submit(post, stack, flood, chat("slow", f"f{i}", 4)) for i in range(30)]
+        wait_until(lambda: redis.xlen(room) >= 15, 60, what="the flood queued")
+        answer = post(stack, trickle, chat("slow", "mine", 4))
+        assert answer.json()["choices"][0]["message"]["content"] == fake_text("mine", 4)
+        # served in its turn: most of the flood still waits behind it
+        assert redis.xlen(room) >= 10
+        assert all(f.result(120).status_code == 200 for f in floods)
+
+
+def test_request_results_belong_to_their_key(stack: Stack) -> None:
+    mine, other = quick_key(stack), quick_key(stack)
+    admin = quick_key(stack, scope="admin")
+    made = post(stack, mine, chat("fake", "private", 3))
+    request_id = made.json()["id"]
+    for path in (f"/v1/requests/{request_id}", f"/v1/requests/{request_id}/events"):
+        refused = get(stack, other, path)
+        assert refused.status_code == 404, path
+        assert refused.json()["error"]["code"] == "request_not_found"
+        assert get(stack, mine, path).status_code == 200
+        assert get(stack, admin, path).status_code == 200
+    whole = get(stack, mine, f"/v1/requests/{request_id}").json()
+    assert whole["choices"][0]["message"]["content"] == fake_text("private", 3)
+
+
+def test_idempotency_keys_are_per_api_key_and_outlive_the_reply_log(stack: Stack) -> None:
+    first, second = quick_key(stack), quick_key(stack)
+    first_id = apikeys.digest(first)[:12]
+    same = {"idempotency-key": "order-1"}
+    one = post(stack, first, chat("fake", "one", 3), **same)
+    two = post(stack, second, chat("fake", "two", 3), **same)  # no collision, no squatting
+    assert one.status_code == two.status_code == 200
+    assert one.json()["id"] != two.json()["id"]
+    assert two.json()["choices"][0]["message"]["content"] == fake_text("two", 3)
+    # the first reply is kept as long as its Idempotency-Key (24 h), not the log's 300 s
+    redis = stack.redis.client()
+    assert redis.ttl(keys.reply_log(one.json()["id"])) > 3600
+    idempotency = keys.idempotency(first_id, "order-1")
+    wait_until(lambda: redis.ttl(idempotency) > 3600, 10, what="the key kept")
+    again = post(stack, first, chat("fake", "one", 3), **same)
+    assert again.status_code == 200 and again.json() == one.json()
