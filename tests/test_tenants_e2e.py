@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from llmspool.shared import apikeys, keys
+from tests.batch_helpers import chat_lines, outcome, submit, wait_status
 from tests.conftest import module_stack
 from tests.helpers import RedisServer, Stack, chat, fake_text, wait_until
-from tests.test_auth import quick_key
+from tests.test_auth import client, quick_key
 
 pytestmark = pytest.mark.e2e
 
@@ -107,3 +108,18 @@ def test_idempotency_keys_are_per_api_key_and_outlive_the_reply_log(stack: Stack
     wait_until(lambda: redis.ttl(idempotency) > 3600, 10, what="the key kept")
     again = post(stack, first, chat("fake", "one", 3), **same)
     assert again.status_code == 200 and again.json() == one.json()
+
+
+def test_batch_lines_obey_the_keys_models(stack: Stack) -> None:
+    key = quick_key(stack, models=("fake",))
+    stack.start_batch_worker(wait=True)
+    lines = [*chat_lines(2, "fake"), *chat_lines(1, "slow", start=2)]
+    mine = client(stack, key)
+    done = wait_status(mine, submit(mine, lines).id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None and done.request_counts.failed == 1
+    output, errors = outcome(mine, done)
+    assert sorted(line["custom_id"] for line in output) == ["req-0", "req-1"]
+    (refused,) = errors
+    assert refused["custom_id"] == "req-2" and refused["response"]["status_code"] == 403
+    assert refused["response"]["body"]["error"]["code"] == "model_not_allowed"

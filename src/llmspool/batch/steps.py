@@ -25,13 +25,14 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 
 from llmspool.batch import results
-from llmspool.batch.lines import Line, ParsedFile, job_kind, parse_file
+from llmspool.batch.lines import Line, LineError, ParsedFile, job_kind, parse_file
 from llmspool.batch.models import BatchError, BatchErrors, FileObject, Record
 from llmspool.batch.queue import FAN_OUT, FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchState, BatchStore
-from llmspool.shared import keys, tenants
+from llmspool.shared import apikeys, keys, tenants
+from llmspool.shared.apikeys import ApiKey
 from llmspool.shared.config import Config
-from llmspool.shared.errors import NotFound
+from llmspool.shared.errors import NotFound, PermissionDenied
 from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.redis import UNAVAILABLE
 from llmspool.shared.settings import Settings
@@ -52,12 +53,31 @@ def _parts(ctx: Ctx) -> tuple[BatchStore, Settings, Config]:
 
 
 async def _parse(ctx: Ctx, state: BatchState) -> ParsedFile | None:
+    """The batch's input file, read and checked; a line for a model its key may not use fails
+    with the 403 the endpoint would answer."""
     store, settings, config = _parts(ctx)
     try:
         content = await store.file_content(state["input_file_id"])
     except NotFound:
         return None
-    return await asyncio.to_thread(parse_file, content, state["endpoint"], config, settings)
+    parsed = await asyncio.to_thread(parse_file, content, state["endpoint"], config, settings)
+    owner = state.fields.get("owner")
+    key = await apikeys.by_id(ctx["redis"], owner) if owner else None
+    if key is not None:
+        parsed.lines = [_allowed(line, key) for line in parsed.lines]
+    return parsed
+
+
+def _allowed(line: Line, key: ApiKey) -> Line:
+    if line.body is None or key.allows(line.body.model):
+        return line
+    denied = PermissionDenied(
+        f"This API key may not use the model '{line.body.model}'.",
+        param="model",
+        code="model_not_allowed",
+    )
+    error = LineError(denied.code or "", denied.message, "model", 403, denied.error_type)
+    return Line(line.number, line.custom_id, error=error)
 
 
 # --------------------------------------------------------------------------- validate
@@ -360,7 +380,11 @@ def create_worker(settings: Settings, config: Config) -> Worker:
     ]
     every = settings.batch_sweep_seconds
     sweeper = cron(
-        _retrying(sweep), name="sweep_batches", second=set(range(0, 60, every)), run_at_startup=True
+        _retrying(sweep),
+        name="sweep_batches",
+        second=set(range(0, 60, every)),
+        run_at_startup=True,
+        job_id=keys.BATCH_SWEEP_JOB,  # under the ACL's arq:*:llmspool:* like every other job
     )
     return Worker(
         functions=functions,

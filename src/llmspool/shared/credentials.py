@@ -87,6 +87,15 @@ async def lookup(redis: Redis, secret: str) -> ApiKey | None:
     return ApiKey.from_hash(data) if data else None
 
 
+async def by_id(redis: Redis, key_id: str) -> ApiKey | None:
+    """The record of the key with id ``key_id``, or None when there is none (revoked)."""
+    hashed = await redis.hget(keys.API_KEY_INDEX, key_id)  # type: ignore[misc]
+    if hashed is None:
+        return None
+    data = await redis.hgetall(keys.api_key(_text(hashed)))  # type: ignore[misc]
+    return ApiKey.from_hash(data) if data else None
+
+
 async def list_keys(redis: Redis) -> list[ApiKey]:
     """Every live key, oldest first."""
     index = await commands.hgetall(redis, keys.API_KEY_INDEX)

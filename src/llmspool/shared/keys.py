@@ -184,6 +184,22 @@ BATCHES_ACTIVE = f"{PREFIX}:batches:active"
 BATCH_JOBS_QUEUE = f"{PREFIX}:batchjobs"
 
 
+#: Keys arq (which runs the lifecycle jobs) writes besides the queue, each followed by a job id:
+#: the job, its in-progress mark, its try counter and its result. Every job id llmspool gives
+#: starts with ``llmspool:`` (:func:`batch_job_id`, :data:`BATCH_SWEEP_JOB`), so a Redis ACL
+#: allows them as ``~arq:job:llmspool:*`` and so on (compose/redis-users.acl).
+ARQ_KEY_PREFIXES = ("arq:job:", "arq:in-progress:", "arq:retry:", "arq:result:")
+
+#: The arq job id of the periodic sweep (one id for every run: a sweep still queued or running
+#: is not queued again).
+BATCH_SWEEP_JOB = f"{PREFIX}:sweep:batches"
+
+
+def arq_keys(job_id: str) -> list[str]:
+    """The keys arq keeps for one job."""
+    return [prefix + job_id for prefix in ARQ_KEY_PREFIXES]
+
+
 def file(file_id: str) -> str:
     """Hash: one uploaded or generated file's metadata (the OpenAI file object)."""
     return f"{PREFIX}:file:{{{file_id}}}"
