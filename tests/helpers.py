@@ -354,12 +354,12 @@ class Stack:
                 raise RuntimeError(f"worker exited: {self.log(f'worker-{model}.log')}")
         return process
 
-    def start_batch_worker(self, wait: bool = False) -> subprocess.Popen[bytes]:
+    def start_batch_worker(self, wait: bool = False, **env: str) -> subprocess.Popen[bytes]:
         """The arq worker running the batch lifecycle (jobs wait in Redis until it runs);
         ``wait``: until it has joined its queue (arq's health-check key)."""
         client = self.redis.client()
         client.delete(keys.BATCH_JOBS_HEALTH_CHECK)
-        process = self.spawn("batch-worker", log="batch-worker.log")
+        process = self.spawn("batch-worker", log="batch-worker.log", **env)
         if wait:
             wait_until(
                 lambda: client.exists(keys.BATCH_JOBS_HEALTH_CHECK) or process.poll() is not None,

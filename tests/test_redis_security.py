@@ -8,19 +8,27 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import redis
 
 from llmspool.shared import keys
+from tests.batch_helpers import chat_lines, submit, wait_status
 from tests.conftest import FAKE_CONFIG
-from tests.helpers import RedisServer, Stack, free_port
+from tests.helpers import RedisServer, Stack, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 HI = [{"role": "user", "content": "Hi"}]
-PASSWORDS = {"admin": "pw-admin-1", "api": "pw-api-2", "worker": "pw-worker-3", "keda": "pw-k-4"}
+PASSWORDS = {
+    "admin": "pw-admin-1",
+    "api": "pw-api-2",
+    "worker": "pw-worker-3",
+    "controller": "pw-control-5",
+    "keda": "pw-k-4",
+}
 
 
 def make_stack(server: RedisServer, workdir: Path) -> Stack:
@@ -79,11 +87,58 @@ def test_least_privilege_users(acl_server: RedisServer, tmp_path: Path) -> None:
         with pytest.raises(redis.exceptions.NoPermissionError):
             user.flushall()
     keda = as_user(acl_server, "keda")
-    assert keda.xinfo_groups(keys.requests_stream("fake"))[0]["name"] == keys.GROUP.encode()
+    stream = keys.requests_stream("fake")
+    assert keda.xinfo_groups(stream)[0]["name"] == keys.GROUP.encode()
+    assert keda.xlen(keys.waiting(stream)) == 0  # what KEDA's streamLength trigger reads
     with pytest.raises(redis.exceptions.NoPermissionError):
-        keda.xadd(keys.requests_stream("fake"), {"x": "1"})
+        keda.xadd(stream, {"x": "1"})
     with pytest.raises(redis.exceptions.AuthenticationError):
         redis.Redis(port=acl_server.port).get(keys.CONFIG)
+
+
+def test_every_path_runs_under_its_acl_user(acl_server: RedisServer, tmp_path: Path) -> None:
+    """Chat, streaming, a cancel, a batch and admin actions, each process as its own user:
+    whatever Redis key or channel the system writes (arq's included), its user may."""
+    stack = make_stack(acl_server, tmp_path)
+    urls = {user: acl_server.url_for(f"llmspool-{user}", PASSWORDS[user]) for user in PASSWORDS}
+    try:
+        stack.start_api(LLMSPOOL_REDIS_URL=urls["api"], LLMSPOOL_AUTH="on")
+        stack.start_worker("fake", LLMSPOOL_REDIS_URL=urls["worker"])
+        stack.start_batch_worker(wait=True, LLMSPOOL_REDIS_URL=urls["controller"])
+        key = stack.cli("keys", "create", "--admin").strip()  # as llmspool-admin
+        chat_both_ways(stack, key)
+        cancelled = _cancel_midway(stack, key)
+        wait_until(lambda: stack.pending("fake") == 0, 30, what="the cancelled job settled")
+        log = acl_server.client().xrange(keys.reply_log(cancelled))
+        assert not any(b"finish_reason" in fields.get(b"f", b"") for _, fields in log)
+        client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0)
+        done = wait_status(client, submit(client, chat_lines(3)).id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert done.request_counts.completed == 3, done
+        admin = {"authorization": f"Bearer {key}"}
+        for action in ("offline", "online"):  # through the API, as llmspool-api
+            url = f"{stack.base_url}/admin/models/fake/{action}"
+            assert httpx.post(url, headers=admin, timeout=30).status_code == 200
+        as_controller = {"LLMSPOOL_REDIS_URL": urls["controller"]}
+        assert stack.llmspool("scale", "fake", "1", **as_controller).returncode == 0
+        assert stack.llmspool("queue", "fake", **as_controller).returncode == 0
+    finally:
+        stack.stop()
+    for line in (tmp_path / "batch-worker.log").read_text().splitlines():
+        assert "NOPERM" not in line, line
+
+
+def _cancel_midway(stack: Stack, key: str) -> str:
+    """Start a long streamed request, read a little, go away; its request id."""
+    body = {"model": "fake", "messages": HI, "max_tokens": 2000, "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{stack.base_url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            if line.startswith("data:") and '"content"' in line:
+                break  # the client goes away
+    return request_id
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")

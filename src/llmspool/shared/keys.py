@@ -190,6 +190,9 @@ BATCH_JOBS_QUEUE = f"{PREFIX}:batchjobs"
 #: allows them as ``~arq:job:llmspool:*`` and so on (compose/redis-users.acl).
 ARQ_KEY_PREFIXES = ("arq:job:", "arq:in-progress:", "arq:retry:", "arq:result:")
 
+#: arq's sorted set of jobs asked to abort: its worker removes each finished job from it.
+ARQ_ABORTS = "arq:abort"
+
 #: The arq job id of the periodic sweep (one id for every run: a sweep still queued or running
 #: is not queued again).
 BATCH_SWEEP_JOB = f"{PREFIX}:sweep:batches"
