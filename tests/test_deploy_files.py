@@ -83,6 +83,7 @@ def test_redis_names_and_metrics_are_real() -> None:
 def test_compose_services() -> None:
     services = compose()["services"]
     assert {"redis", "api", "worker", "worker-vllm", "prometheus", "grafana"} <= set(services)
+    assert services["batch-worker"]["command"] == ["llmspool", "batch-worker"]
     assert "--appendonly" in services["redis"]["command"]
     assert services["worker-vllm"]["profiles"] == ["gpu"]
     served = parse_config(tomllib.loads((COMPOSE / "llmspool.toml").read_text())).names()
@@ -109,6 +110,15 @@ def test_k8s_models_workers_and_scalers_agree() -> None:
     deployments = by_kind["Deployment"]
     scaled = by_kind["ScaledObject"]
     assert "llmspool-api" in deployments and "llmspool-api" in by_kind["Service"]
+    batch = deployments["llmspool-batch-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert batch["command"] == ["llmspool", "batch-worker"]
+    secret = by_kind["Secret"]["llmspool-redis"]["stringData"]
+    for deployment in deployments.values():  # every Redis URL a pod reads is in the Secret
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    assert ref["key"] in secret, (deployment["metadata"]["name"], ref)
     for model in models:
         worker = deployments[f"llmspool-worker-{model}"]
         container = worker["spec"]["template"]["spec"]["containers"][0]
