@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from llmspool.shared import apikeys, keys
+from llmspool.shared import credentials, keys
 from tests.batch_helpers import chat_lines, outcome, submit, wait_status
 from tests.conftest import module_stack
 from tests.helpers import RedisServer, Stack, chat, fake_text, wait_until
@@ -94,7 +94,7 @@ def test_request_results_belong_to_their_key(stack: Stack) -> None:
 
 def test_idempotency_keys_are_per_api_key_and_outlive_the_reply_log(stack: Stack) -> None:
     first, second = quick_key(stack), quick_key(stack)
-    first_id = apikeys.digest(first)[:12]
+    first_id = credentials.digest(first)[:12]
     same = {"idempotency-key": "order-1"}
     one = post(stack, first, chat("fake", "one", 3), **same)
     two = post(stack, second, chat("fake", "two", 3), **same)  # no collision, no squatting

@@ -29,9 +29,9 @@ from llmspool.batch.lines import Line, LineError, ParsedFile, job_kind, parse_fi
 from llmspool.batch.models import BatchError, BatchErrors, FileObject, Record
 from llmspool.batch.queue import FAN_OUT, FINALIZE, VALIDATE, enqueue_step
 from llmspool.batch.store import BatchState, BatchStore
-from llmspool.shared import apikeys, keys, tenants
-from llmspool.shared.apikeys import ApiKey
+from llmspool.shared import credentials, keys, tenants
 from llmspool.shared.config import Config
+from llmspool.shared.credentials import ApiKey
 from llmspool.shared.errors import NotFound, PermissionDenied
 from llmspool.shared.messages import Job, JobKind
 from llmspool.shared.redis import UNAVAILABLE
@@ -62,7 +62,7 @@ async def _parse(ctx: Ctx, state: BatchState) -> ParsedFile | None:
         return None
     parsed = await asyncio.to_thread(parse_file, content, state["endpoint"], config, settings)
     owner = state.fields.get("owner")
-    key = await apikeys.by_id(ctx["redis"], owner) if owner else None
+    key = await credentials.by_id(ctx["redis"], owner) if owner else None
     if key is not None:
         parsed.lines = [_allowed(line, key) for line in parsed.lines]
     return parsed
