@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, suites
+from bench import report, suites, tenants
 from bench.procs import ROOT
 
 BENCH = ROOT / "bench"
-SUITES = ("overhead", "capacity", "real", "batch", "transformers")
+SUITES = ("overhead", "capacity", "real", "batch", "transformers", "tenants")
 
 BATCH_PENDING = (
     "## Batch\n\n**Pending**: the batch API (issue 6) had not landed on main when this harness "
@@ -85,7 +85,10 @@ def _added(
     saved = json.loads(path.read_text())
     kept = [row for row in saved["rows"] if row["suite"] not in chosen]
     merged = {**saved["meta"], "batch_note": meta.get("batch_note")}
-    merged["added"] = f"{', '.join(chosen)} measured again at {meta['date']} ({meta['commit']})"
+    merged["added"] = (
+        f"{', '.join(chosen)} measured again at {meta['date']} ({meta['commit']}, "
+        f"profile {meta['profile']}, load average {meta['loadavg']})"
+    )
     return kept + rows, merged
 
 
@@ -101,6 +104,9 @@ def _suite(name: str, profile: suites.Profile, workdir: Path) -> list[dict[str, 
         return suites.batch(profile, workdir)
     if name == "transformers" and suites.transformers_available():
         return suites.transformers(profile, workdir)
+    if name == "tenants":
+        load = tenants.Load(profile.tenant_flood, profile.tenant_window)
+        return tenants.suite(load, workdir)
     return []
 
 

@@ -193,6 +193,7 @@ def write(rows: list[Row], meta: dict[str, Any], out: Path, plots_dir: Path) -> 
     sections.append(_real(real))
     sections.append(meta.get("batch_note") or _batch([r for r in rows if r["suite"] == "batch"]))
     sections.append(_transformers(aggregate(rows, "transformers")))
+    sections.append(_tenants([r for r in rows if r["suite"] == "tenants"]))
     for suite, mode, metric, label, name in PLOTS:
         agg = {"overhead": over, "capacity": cap}[suite]
         if any(m == mode for _, m, _ in agg):
@@ -454,6 +455,52 @@ def _transformers(agg: dict[Key, Row]) -> str:
             latency_table(agg, "closed", "concurrency"),
         ]
     )
+
+
+def _tenants(rows: list[Row]) -> str:
+    """Key B's TTFT alone and during key A's flood, per system; the weighted shares."""
+    if not rows:
+        return "## Tenants: one key's flood and another key's trickle\n\nNot measured in this run."
+    runs = {(r["system"], r["mode"]): r for r in rows}
+    names = list(dict.fromkeys(r["system"] for r in rows if r["mode"] != "weights"))
+    head = ["system", "B alone p50", "B alone p99", "B during flood p50", "B during flood p99"]
+    head += ["p99 flood / alone", "B ok"]
+    lines = []
+    for name in names:
+        alone, flood = runs.get((name, "alone"), {}), runs.get((name, "flood"), {})
+        ok = f"{flood.get('requests', 0) - flood.get('errors', 0)}/{flood.get('requests', 0)}"
+        lines.append(
+            [
+                name,
+                fmt(alone.get("ttft_p50"), 0),
+                fmt(alone.get("ttft_p99"), 0),
+                fmt(flood.get("ttft_p50"), 0),
+                fmt(flood.get("ttft_p99"), 0),
+                fmt(ratio(alone.get("ttft_p99"), flood.get("ttft_p99")), 2),
+                ok,
+            ]
+        )
+    flood = next((r for r in rows if r["mode"] == "flood"), {})
+    alone = next((r for r in rows if r["mode"] == "alone"), {})
+    parts = [
+        "## Tenants: one key's flood and another key's trickle",
+        "Fake engine, one worker with max_concurrency 4, TTFT 50 ms, ITL 20 ms, 32 tokens "
+        "(about 6 requests/s in all); keys on. Key B sends one streamed request a second for "
+        f"{alone.get('requests', '-')} s, alone and again while key A has "
+        f"{flood.get('level', '-')} requests in flight (sent at once, 3 s before B starts). "
+        "TTFT in ms as B's client saw it. Before fair turns the model's stream was first in, "
+        "first out: B waited behind A's whole backlog.",
+        table(head, lines),
+    ]
+    weights = next((r for r in rows if r["mode"] == "weights"), None)
+    if weights is not None:
+        parts.append(
+            f"Weights: keys of weight 3 and 1 each sent {weights['level']} requests at once; in "
+            f"the first {fmt(weights['seconds'], 0)} s (both still backlogged) they got "
+            f"{weights['tokens_heavy']} and {weights['tokens_light']} tokens: "
+            f"**{fmt(weights['ratio'], 2)} : 1** (goal 3 : 1 ± 10 %)."
+        )
+    return "\n\n".join(parts)
 
 
 def _api_cpu(r: Row) -> float:

@@ -44,6 +44,9 @@ class Profile:
     capacity_reps: int = 1
     batch_lines: int = 2000
     transformers_concurrency: tuple[int, ...] = (1, 4, 8)
+    #: the tenants suite (bench/tenants.py): key A's flood, key B's seconds of one request/s
+    tenant_flood: int = 1000
+    tenant_window: int = 30
     seed: int = 20261125
     litellm: bool = True
     real_model: bool = True
@@ -51,7 +54,19 @@ class Profile:
 
 PROFILES = {
     "full": Profile("full", (1, 8, 32, 64, 128, 256), (10, 40, 100), 2, 1.5, 5.0, (16, 64), 6),
-    "quick": Profile("quick", (1, 8, 64), (40,), 1, 1.0, 3.0, (64,), 2, batch_lines=500),
+    "quick": Profile(
+        "quick",
+        (1, 8, 64),
+        (40,),
+        1,
+        1.0,
+        3.0,
+        (64,),
+        2,
+        batch_lines=500,
+        tenant_flood=300,
+        tenant_window=15,
+    ),
     "smoke": Profile(
         "smoke",
         (2,),
@@ -65,6 +80,8 @@ PROFILES = {
         transformers_concurrency=(2,),
         litellm=False,
         real_model=False,
+        tenant_flood=20,
+        tenant_window=3,
     ),
 }
 
