@@ -491,6 +491,11 @@ def _tenants(rows: list[Row]) -> str:
         "TTFT in ms as B's client saw it. Before fair turns the model's stream was first in, "
         "first out: B waited behind A's whole backlog.",
         table(head, lines),
+        "Goal: B's p99 during the flood within 2x of B alone. With fair turns B's request is "
+        "the next one taken, but it still waits for one of the worker's 4 slots to free (A's "
+        "jobs are not preempted): a job takes about 0.67 s, so a slot frees every ~170 ms, "
+        "which bounds what turns alone can do against a 50-100 ms TTFT; the run's machine load "
+        "(see the load average above) adds the rest.",
     ]
     weights = next((r for r in rows if r["mode"] == "weights"), None)
     if weights is not None:

@@ -318,3 +318,39 @@ def _served(client: Any, entry_id: str) -> bool:
 def _id(entry_id: str) -> tuple[int, int]:
     ms, seq = entry_id.split("-")
     return int(ms), int(seq)
+
+
+def test_console_works_with_keys_on(browser: Any, stack_factory: StackFactory) -> None:
+    """Keys on: the console asks for an admin key, then reads and acts with it."""
+    stack = stack_factory(CONSOLE_CONFIG, LLMSPOOL_AUTH="on")
+    stack.start_api()
+    stack.start_worker("fake")
+    admin = stack.cli("keys", "create", "--admin").strip()
+    page = browser.new_page()
+    page.goto(f"{stack.base_url}/console?interval=250")
+    page.wait_for_function(
+        "document.querySelector('#status').textContent.includes('admin key needed')",
+        timeout=20_000,
+    )
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+    page.fill("#admin-key", admin)
+    page.dispatch_event("#admin-key", "change")
+    page.wait_for_selector('[data-model="fake"] [data-worker]', timeout=20_000)
+    page.wait_for_function("Number(document.body.dataset.ticks || 0) >= 2", timeout=20_000)
+    card = page.locator('[data-model="fake"]')
+    card.locator('[data-role="pin-count"]').fill("1")
+    card.locator('[data-action="pin"]').click()  # an action, with the same key
+    headers = {"authorization": f"Bearer {admin}"}
+    wait_until(
+        lambda: (
+            httpx.get(f"{stack.base_url}/admin/models/fake", headers=headers, timeout=10).json()[
+                "pin"
+            ]
+            == 1
+        ),
+        20,
+        what="the pin made through the console",
+    )
+    assert problems == []
+    page.close()

@@ -4,6 +4,7 @@ the key that made them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,10 +45,12 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
         tmp_path_factory.mktemp("tenants"),
         CONFIG,
         LLMSPOOL_AUTH="on",
+        LLMSPOOL_BATCH_SWEEP_SECONDS="1",
     )
     stack.start_api()
     stack.start_worker("fake")
     stack.start_worker("slow")
+    stack.start_batch_worker(wait=True)
     yield stack
     stack.stop()
 
@@ -112,7 +115,6 @@ def test_idempotency_keys_are_per_api_key_and_outlive_the_reply_log(stack: Stack
 
 def test_batch_lines_obey_the_keys_models(stack: Stack) -> None:
     key = quick_key(stack, models=("fake",))
-    stack.start_batch_worker(wait=True)
     lines = [*chat_lines(2, "fake"), *chat_lines(1, "slow", start=2)]
     mine = client(stack, key)
     done = wait_status(mine, submit(mine, lines).id)
@@ -123,3 +125,22 @@ def test_batch_lines_obey_the_keys_models(stack: Stack) -> None:
     (refused,) = errors
     assert refused["custom_id"] == "req-2" and refused["response"]["status_code"] == 403
     assert refused["response"]["body"]["error"]["code"] == "model_not_allowed"
+
+
+def test_a_batch_is_throttled_by_its_keys_limits_not_refused(stack: Stack) -> None:
+    key = quick_key(stack, concurrency=1)
+    mine = client(stack, key)
+    batch = submit(mine, chat_lines(4, "slow"))
+    redis = stack.redis.client()
+    most = 0
+    while (state := redis.hgetall(keys.batch(batch.id))).get("status") == "in_progress" or (
+        state.get("status") == "validating"
+    ):
+        queued = int(state.get("fanned") or 0)  # every line is valid: the cursor counts them
+        done = int(state.get("completed") or 0) + int(state.get("failed") or 0)
+        most = max(most, queued - done)
+        time.sleep(0.02)
+    done = wait_status(mine, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert done.request_counts.completed == 4, done
+    assert most == 1  # one line at a time: the key's concurrency

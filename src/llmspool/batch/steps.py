@@ -24,7 +24,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
-from llmspool.batch import results
+from llmspool.batch import results, throttle
 from llmspool.batch.lines import Line, LineError, ParsedFile, job_kind, parse_file
 from llmspool.batch.models import BatchError, BatchErrors, FileObject, Record
 from llmspool.batch.queue import FAN_OUT, FINALIZE, VALIDATE, enqueue_step
@@ -61,8 +61,7 @@ async def _parse(ctx: Ctx, state: BatchState) -> ParsedFile | None:
     except NotFound:
         return None
     parsed = await asyncio.to_thread(parse_file, content, state["endpoint"], config, settings)
-    owner = state.fields.get("owner")
-    key = await credentials.by_id(ctx["redis"], owner) if owner else None
+    key = await _owner_key(ctx, state)
     if key is not None:
         parsed.lines = [_allowed(line, key) for line in parsed.lines]
     return parsed
@@ -125,13 +124,16 @@ async def _fail(store: BatchStore, batch_id: str, errors: list[BatchError]) -> N
 
 
 async def fan_out_batch(ctx: Ctx, batch_id: str) -> None:
-    """XADD every valid line not yet queued onto its model's batch stream, in chunks; the
-    ``fanned`` cursor makes a repeated run continue where the last one stopped."""
+    """Queue every valid line not yet queued onto its model's batch queue, in chunks, as far
+    as the key's limits let (batch/throttle.py); the ``fanned`` cursor makes a repeated run (the
+    sweep's, when throttled) continue where the last one stopped."""
     store = _parts(ctx)[0]
     state = await _state(store, batch_id)
     if state is None or state.status != "in_progress":
         return
     parsed = await _parse(ctx, state)
+    key = await _owner_key(ctx, state)
+    await throttle.charge(ctx["redis"], store, key, state)
     todo = [
         line for line in (parsed.valid if parsed else []) if line.number > state.count("fanned")
     ]
@@ -139,11 +141,21 @@ async def fan_out_batch(ctx: Ctx, batch_id: str) -> None:
         current = await _state(store, batch_id)
         if current is None or current.status != "in_progress":
             return  # cancelled or expired: stop dispatching
+        if parsed is not None and key is not None and throttle.limited(key):
+            chunk = await throttle.admit(ctx["redis"], key, current, parsed, chunk)
+            if not chunk:
+                return  # throttled: the sweep runs this step again
         await _enqueue_lines(ctx["redis"], state, chunk)
         await store.update(batch_id, {"fanned": str(chunk[-1].number)})
     final = await _state(store, batch_id)
     if final is not None and final.done >= final.count("total"):
         await enqueue_step(ctx["redis"], FINALIZE, batch_id)
+
+
+async def _owner_key(ctx: Ctx, state: BatchState) -> ApiKey | None:
+    """The API key that made the batch (None with keys off, or once it is revoked)."""
+    owner = state.fields.get("owner")
+    return await credentials.by_id(ctx["redis"], owner) if owner else None
 
 
 async def _enqueue_lines(redis: Redis, state: BatchState, lines: list[Line]) -> None:
@@ -190,6 +202,9 @@ async def finalize_batch(ctx: Ctx, batch_id: str) -> None:
         return
     ending = await _freeze(store, state, settings)
     if ending is not None:
+        final = await _state(store, batch_id)  # the last lines' tokens are charged too
+        if final is not None:
+            await throttle.charge(ctx["redis"], store, await _owner_key(ctx, final), final)
         await _write_outputs(ctx, batch_id, ending)
 
 
