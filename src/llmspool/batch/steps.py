@@ -396,10 +396,10 @@ def create_worker(settings: Settings, config: Config) -> Worker:
     every = settings.batch_sweep_seconds
     sweeper = cron(
         _retrying(sweep),
-        name="sweep_batches",
+        # arq names each run's job "<name>:<time>": under llmspool: like every other job id
+        name=keys.BATCH_SWEEP_JOB,
         second=set(range(0, 60, every)),
         run_at_startup=True,
-        job_id=keys.BATCH_SWEEP_JOB,  # under the ACL's arq:*:llmspool:* like every other job
     )
     return Worker(
         functions=functions,

@@ -186,15 +186,14 @@ BATCH_JOBS_QUEUE = f"{PREFIX}:batchjobs"
 
 #: Keys arq (which runs the lifecycle jobs) writes besides the queue, each followed by a job id:
 #: the job, its in-progress mark, its try counter and its result. Every job id llmspool gives
-#: starts with ``llmspool:`` (:func:`batch_job_id`, :data:`BATCH_SWEEP_JOB`), so a Redis ACL
+#: starts with ``llmspool:`` (:func:`batch_job_id`, :data:`BATCH_SWEEP_JOB` runs), so a Redis ACL
 #: allows them as ``~arq:job:llmspool:*`` and so on (compose/redis-users.acl).
 ARQ_KEY_PREFIXES = ("arq:job:", "arq:in-progress:", "arq:retry:", "arq:result:")
 
 #: arq's sorted set of jobs asked to abort: its worker removes each finished job from it.
 ARQ_ABORTS = "arq:abort"
 
-#: The arq job id of the periodic sweep (one id for every run: a sweep still queued or running
-#: is not queued again).
+#: The arq name of the periodic sweep; each run's job id is ``<name>:<its time in ms>``.
 BATCH_SWEEP_JOB = f"{PREFIX}:sweep:batches"
 
 
