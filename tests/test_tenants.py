@@ -124,6 +124,6 @@ async def test_the_doorbell_wakes_a_waiting_worker(redis: Redis) -> None:
 
 async def test_every_key_of_a_model_shares_its_hash_slot(redis: Redis) -> None:
     await put(redis, "a", 1)
-    names = [name async for name in redis.scan_iter(match="llmspool:{m}:*")]
+    names = [name async for name in redis.scan_iter(match=f"{STREAM}*")]
     assert len(names) >= 6
     assert {key_slot(name.encode()) for name in names} == {key_slot(b"{m}")}

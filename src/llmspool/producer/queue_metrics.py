@@ -140,7 +140,8 @@ async def _oldest_undelivered(
     replies = await pipe.execute(raise_on_error=False)
     now = time.time()
     # per stream: its first undelivered entry, then the first job of its waiting room
-    ages = [max(_age(a, now), _age(b, now)) for a, b in zip(replies[::2], replies[1::2])]
+    pairs = zip(replies[::2], replies[1::2], strict=True)
+    ages = [max(_age(first, now), _age(waiting, now)) for first, waiting in pairs]
     return [ages[i * len(QUEUES) : (i + 1) * len(QUEUES)] for i in range(len(models))]
 
 

@@ -184,22 +184,10 @@ BATCHES_ACTIVE = f"{PREFIX}:batches:active"
 BATCH_JOBS_QUEUE = f"{PREFIX}:batchjobs"
 
 
-#: Keys arq (which runs the lifecycle jobs) writes besides the queue, each followed by a job id:
-#: the job, its in-progress mark, its try counter and its result. Every job id llmspool gives
-#: starts with ``llmspool:`` (:func:`batch_job_id`, :data:`BATCH_SWEEP_JOB` runs), so a Redis ACL
-#: allows them as ``~arq:job:llmspool:*`` and so on (compose/redis-users.acl).
-ARQ_KEY_PREFIXES = ("arq:job:", "arq:in-progress:", "arq:retry:", "arq:result:")
-
-#: arq's sorted set of jobs asked to abort: its worker removes each finished job from it.
-ARQ_ABORTS = "arq:abort"
-
-#: The arq name of the periodic sweep; each run's job id is ``<name>:<its time in ms>``.
+#: The arq name of the periodic sweep; each run's job id is ``<name>:<its time in ms>``. Like
+#: :func:`batch_job_id`, it starts with ``llmspool:``, so every job key arq writes
+#: (:func:`arq_job` and the rest, below) matches ``arq:*:llmspool:*`` in a Redis ACL.
 BATCH_SWEEP_JOB = f"{PREFIX}:sweep:batches"
-
-
-def arq_keys(job_id: str) -> list[str]:
-    """The keys arq keeps for one job."""
-    return [prefix + job_id for prefix in ARQ_KEY_PREFIXES]
 
 
 def file(file_id: str) -> str:
