@@ -337,3 +337,38 @@ def test_completions_and_embeddings_batches(bclient: openai.OpenAI) -> None:
     assert (mixed.request_counts.completed, mixed.request_counts.failed) == (2, 1)
     _, errors = outcome(bclient, mixed)
     assert errors[0]["custom_id"] == "c0" and errors[0]["error"]["code"] == "mismatched_endpoint"
+
+
+def test_a_batch_line_may_call_tools(bclient: openai.OpenAI) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    lines = [
+        json.dumps(
+            {
+                "custom_id": "t",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "fake",
+                    "messages": HI,
+                    "tools": [tool],
+                    "tool_choice": "required",
+                },
+            }
+        ),
+        json.dumps(
+            {
+                "custom_id": "r",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "fake", "messages": HI, "guided_regex": "a+"},
+            }
+        ),
+    ]
+    done = wait_status(bclient, submit(bclient, lines, "/v1/chat/completions").id)
+    good, errors = outcome(bclient, done)
+    choice = good[0]["response"]["body"]["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+    refused = errors[0]["response"]
+    assert errors[0]["custom_id"] == "r" and refused["status_code"] == 400
+    assert refused["body"]["error"]["param"] == "guided_regex"

@@ -104,3 +104,35 @@ async def test_upstream_failures_reach_the_job_clearly(upstream: LlamaServer) ->
             await backend.embed(["hello"])
     finally:
         await backend.stop()
+
+
+def test_repeated_call_heads_from_the_upstream_are_sent_once() -> None:
+    from openai.types.chat import ChatCompletionChunk
+
+    from llmspool.consumers.backends.openai import ChunkReader
+
+    def chunk(arguments: str) -> ChatCompletionChunk:
+        call = {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "f", "arguments": arguments},
+        }
+        choice = {"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}
+        return ChatCompletionChunk.model_validate(
+            {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "m",
+                "choices": [choice],
+            }
+        )
+
+    reader = ChunkReader(chat=True)
+    first, second = (reader.read(chunk(a)) for a in ('{"a"', ": 1}"))
+    assert first is not None and second is not None
+    assert first.tool_calls and first.tool_calls[0].id == "call_1"
+    (piece,) = second.tool_calls or []
+    assert piece.id is None and piece.function is not None and piece.function.name is None
+    assert piece.function.arguments == ": 1}"

@@ -34,8 +34,7 @@ def test_content_may_be_text_parts() -> None:
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"guided_regex": "a+"}, "guided_regex"),
         ({"logit_bias": {"1": 2.0}}, "logit_bias"),
         ({"top_k": 5}, "top_k"),
         ({"store": True}, "store"),

@@ -329,3 +329,57 @@ async def test_the_engine_counts_reach_the_worker() -> None:
     assert backend.engine_running == 2  # no output processor to ask: the last step's count
     engine.output_processor = type("P", (), {"get_num_unfinished_requests": lambda self: 0})()  # type: ignore[attr-defined]
     assert backend.engine_running == 0  # an idle engine: its last step's count is stale
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "structured"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "w", "schema": WEATHER},
+                }
+            },
+            {"json": WEATHER},
+        ),
+        ({"response_format": {"type": "json_object"}}, {"json_object": True}),
+        ({"guided_regex": "[a-z]+"}, {"regex": "[a-z]+"}),
+        ({"guided_choice": ["a", "b"]}, {"choice": ["a", "b"]}),
+        ({"structured_outputs": {"grammar": 'root ::= "a"'}}, {"grammar": 'root ::= "a"'}),
+    ],
+)
+async def test_constraints_become_structured_outputs(
+    extra: dict[str, Any], structured: dict[str, Any]
+) -> None:
+    engine = Engine(["x"], finish="stop")
+    backend = await started(engine)
+    _ = [d async for d in backend.generate(job(**extra))]
+    assert engine.requests[0][1]["structured_outputs"] == structured
+
+
+async def test_a_forced_tool_call_is_constrained_and_streamed_as_a_call() -> None:
+    engine = Engine(
+        ['{"name": "get_weather", ', '"arguments": {"city": ', '"Oslo"}}'], finish="stop"
+    )
+    backend = await started(engine)
+    deltas = [d async for d in backend.generate(job(tools=[TOOL], tool_choice="required"))]
+    schema = engine.requests[0][1]["structured_outputs"]["json"]
+    assert schema["properties"]["name"] == {"const": "get_weather"}
+    calls = [c for d in deltas for c in d.tool_calls or []]
+    assert calls[0].function is not None and calls[0].function.name == "get_weather"
+    assert "".join(c.function.arguments or "" for c in calls if c.function) == '{"city": "Oslo"}'
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+@pytest.mark.vllm
+def test_structured_outputs_are_vllms_own_params() -> None:
+    pytest.importorskip("vllm")
+    from llmspool.consumers.backends.vllm import _structured_params
+
+    (value,) = _structured_params({"json": WEATHER}).values()
+    assert type(value).__name__ in ("StructuredOutputsParams", "GuidedDecodingParams")

@@ -17,7 +17,7 @@ from llmspool.batch.models import Record
 from llmspool.shared import replies
 from llmspool.shared.errors import LLMSpoolError
 from llmspool.shared.messages import Job, JobKind, ReplyFrame
-from llmspool.shared.protocol import EmbeddingRequest, Usage
+from llmspool.shared.protocol import ChatCompletionRequest, EmbeddingRequest, Usage
 
 UNRUN_MESSAGES = {
     "batch_expired": "This request could not be executed before the completion window expired.",
@@ -95,8 +95,11 @@ def response_body(job: Job, frames: list[ReplyFrame], final: ReplyFrame) -> Reco
     if job.kind is JobKind.EMBEDDING:
         return _embeddings(job, final, usage)
     created = int(job.enqueued_at)
-    build = replies.chat_completion if job.kind is JobKind.CHAT else replies.completion
-    return build(job.request_id, created, job.model, frames, usage).model_dump()
+    if job.kind is JobKind.CHAT:
+        legacy = isinstance(job.body, ChatCompletionRequest) and job.body.legacy_functions()
+        chat = replies.chat_completion(job.request_id, created, job.model, frames, usage, legacy)
+        return chat.model_dump()
+    return replies.completion(job.request_id, created, job.model, frames, usage).model_dump()
 
 
 def _embeddings(job: Job, final: ReplyFrame, usage: Usage) -> Record:

@@ -23,7 +23,7 @@ from llmspool.batch.store import BatchStore
 from llmspool.consumers.publisher import ReplySink
 from llmspool.shared.errors import EngineError, LLMSpoolError
 from llmspool.shared.messages import Job, ReplyFrame, WireError
-from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, ToolCallDelta, Usage
 from llmspool.shared.redis import UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class CollectedReply:
         logprobs: list[ChatCompletionTokenLogprob] | None = None,
     ) -> None:
         self.frames.append(self._frame(text=text, index=index, logprobs=logprobs))
+
+    def write_tool_calls(self, calls: list[ToolCallDelta], tokens: int) -> None:
+        self.frames.append(self._frame(tool_calls=list(calls)))
 
     def end_choice(self, index: int, finish_reason: FinishReason) -> None:
         self.frames.append(self._frame(finish_reason=finish_reason, index=index, more=True))

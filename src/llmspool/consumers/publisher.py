@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 
 from llmspool.shared import commands, keys
 from llmspool.shared.messages import ReplyFrame, WireError
-from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, ToolCallDelta, Usage
 from llmspool.shared.redis import UNAVAILABLE, is_cluster, queue_publish
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class ReplySink(Protocol):
     ) -> None: ...
 
     def end_choice(self, index: int, finish_reason: FinishReason) -> None: ...
+
+    def write_tool_calls(self, calls: list[ToolCallDelta], tokens: int) -> None: ...
 
     async def finish(
         self,
@@ -84,6 +86,8 @@ class ReplyStream:
         self.closed: list[ReplyFrame] = []
         self.final: ReplyFrame | None = None
         self.sent_text = False
+        #: pieces of tool calls not yet sent (choice 0)
+        self.tool_calls: list[ToolCallDelta] = []
 
     def write(
         self,
@@ -101,6 +105,15 @@ class ReplyStream:
         self.tokens += tokens
         if logprobs:
             self.logprobs += logprobs
+        self._publisher.mark(self, urgent=not self.sent_text)
+
+    def write_tool_calls(self, calls: list[ToolCallDelta], tokens: int) -> None:
+        """Queue pieces of tool calls, like text (argument fragments coalesce)."""
+        if self.first_text_at is None:
+            self.first_text_at = time.time()
+        for call in calls:
+            coalesce_tool_call(self.tool_calls, call)
+        self.tokens += tokens
         self._publisher.mark(self, urgent=not self.sent_text)
 
     def end_choice(self, index: int, finish_reason: FinishReason) -> None:
@@ -139,7 +152,7 @@ class ReplyStream:
         """Close the buffer into a frame unless it is empty or already holds ``index``."""
         if index == self.index:
             return
-        if self.text or self.logprobs:
+        if self.text or self.logprobs or self.tool_calls:
             self.closed.append(self._take(self._frame(index=self.index or None)))
         self.index = index
 
@@ -148,14 +161,16 @@ class ReplyStream:
         frame.text, frame.tokens = "".join(self.text), self.tokens
         if self.logprobs:
             frame.logprobs, self.logprobs = self.logprobs, []
-        self.sent_text = self.sent_text or bool(self.text)
+        if self.tool_calls:
+            frame.tool_calls, self.tool_calls = self.tool_calls, []
+        self.sent_text = self.sent_text or bool(self.text) or bool(frame.tool_calls)
         self.text, self.tokens = [], 0
         return frame
 
     def take_frames(self) -> list[ReplyFrame]:
         """The frames to send now, in order (none when nothing is buffered)."""
         frames, self.closed = self.closed, []
-        if self.text or self.logprobs or self.final is not None:
+        if self.text or self.logprobs or self.tool_calls or self.final is not None:
             frame = self.final or self._frame(index=self.index or None)
             frames.append(self._take(frame))
         for frame in frames:
@@ -315,3 +330,17 @@ def _settle_all(waiters: list[asyncio.Future[None]], error: BaseException | None
             waiter.set_result(None)
         else:
             waiter.set_exception(error)
+
+
+def coalesce_tool_call(calls: list[ToolCallDelta], call: ToolCallDelta) -> None:
+    """Append ``call`` to ``calls``, joining an argument fragment onto the last piece of the
+    same call (so a frame carries one piece per call, not one per token)."""
+    last = calls[-1] if calls else None
+    fragment = call.id is None and (call.function is None or call.function.name is None)
+    if last is None or not fragment or last.index != call.index or last.function is None:
+        calls.append(call)
+        return
+    more = call.function.arguments if call.function is not None else None
+    joined = (last.function.arguments or "") + (more or "")
+    function = last.function.model_copy(update={"arguments": joined})
+    calls[-1] = last.model_copy(update={"function": function})

@@ -469,6 +469,8 @@ class Worker:
         async for delta in self.backend.generate(job):
             if delta.text or delta.logprobs:
                 reply.write(delta.text, delta.tokens, 0, delta.logprobs)
+            if delta.tool_calls:
+                reply.write_tool_calls(delta.tool_calls, 0 if delta.text else delta.tokens)
             if delta.finish_reason is not None:
                 await reply.finish(delta.finish_reason, delta.usage)
                 return

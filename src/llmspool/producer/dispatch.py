@@ -287,7 +287,7 @@ class Reply:
                 self._switch_attempt(frame.attempt)
             self.worker = frame.worker or self.worker
             self.finished = frame.final
-            self.sent_text = self.sent_text or bool(frame.text)
+            self.sent_text = self.sent_text or bool(frame.text) or bool(frame.tool_calls)
             self._observe(frame)
             self.usage = frame.usage or self.usage
             yield frame

@@ -8,17 +8,28 @@ pure function of the frames, which the reply log keeps, so a client that reconne
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import orjson
 
+from llmspool.producer import chunks
 from llmspool.producer.dispatch import Reply
 from llmspool.shared import replies
 from llmspool.shared.errors import InvalidRequest, LLMSpoolError
 from llmspool.shared.messages import JobKind, ReplyFrame, ReplyMeta
-from llmspool.shared.protocol import ChatCompletion, Completion, Usage
+from llmspool.shared.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionChunkChoice,
+    ChatDelta,
+    ChoiceLogprobs,
+    Completion,
+    CompletionChoice,
+    ToolCallDelta,
+    Usage,
+)
 
 #: Events are built as bytes and written as they are (producer/sse.py).
 DONE = b"data: [DONE]\n\n"
@@ -30,7 +41,7 @@ EventId = tuple[int, int, int]
 def chat_completion(reply: Reply, frames: list[ReplyFrame], final: ReplyFrame) -> ChatCompletion:
     meta = reply.meta
     return replies.chat_completion(
-        meta.request_id, int(meta.created), meta.model, frames, final.usage
+        meta.request_id, int(meta.created), meta.model, frames, final.usage, meta.legacy_functions
     )
 
 
@@ -40,77 +51,111 @@ def completion(reply: Reply, frames: list[ReplyFrame], final: ReplyFrame) -> Com
 
 
 class ChunkWriter:
-    """Builds the SSE events of one streamed reply (chat or text completion)."""
+    """Builds the SSE events of one streamed reply (chat or text completion) from the typed
+    chunk models: the plain path (choice 0, text only) through their byte templates
+    (:mod:`llmspool.producer.chunks`), the rest (other choices, logprobs, tool calls) by
+    serialising the models."""
 
     def __init__(self, meta: ReplyMeta) -> None:
+        self.meta = meta
         self.chat = meta.kind is JobKind.CHAT
         self.include_usage = meta.include_usage
         self.n = meta.n
+        self.legacy = meta.legacy_functions
         self._offsets: dict[int, int] = {}  # per choice: characters streamed so far
-        self._head = {
-            "id": meta.request_id,
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": int(meta.created),
-            "model": meta.model,
-        }
+        self._head = chunks.head(meta.request_id, int(meta.created), meta.model)
+        self._bound: dict[str, tuple[bytes, bytes]] = {}
 
-    def _event(self, choices: list[dict[str, object]], usage: Usage | None = None) -> bytes:
-        body: dict[str, object] = {**self._head, "choices": choices}
-        if self.include_usage:
-            body["usage"] = usage.model_dump() if usage is not None else None
-        return event(body)
+    def _fill(self, kind: str, value: bytes = b"") -> bytes:
+        bound = self._bound.get(kind)
+        if bound is None:
+            template = chunks.template(kind, self.include_usage)
+            bound = self._bound[kind] = template.bind(self._head)
+        return b"data: " + bound[0] + value + bound[1] + b"\n\n"
+
+    def _event(self, choices: list[Any]) -> bytes:
+        """A chunk of ``choices`` serialised from its model (usage null where asked for)."""
+        head: dict[str, Any] = {"id": self.meta.request_id, "created": int(self.meta.created)}
+        extra: dict[str, Any] = {"usage": None} if self.include_usage else {}
+        if self.chat:
+            model: Any = ChatCompletionChunk.model_construct(
+                **head,
+                object="chat.completion.chunk",
+                model=self.meta.model,
+                choices=choices,
+                **extra,
+            )
+        else:
+            model = Completion.model_construct(
+                **head, object="text_completion", model=self.meta.model, choices=choices, **extra
+            )
+        return b"data: " + chunks.dump(model) + b"\n\n"
 
     def _choice(
-        self,
-        text: str | None,
-        finish: str | None,
-        role: bool = False,
-        index: int = 0,
-        logprobs: object = None,
-    ) -> dict[str, object]:
-        if not self.chat:
-            return {
-                "index": index,
-                "text": text or "",
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }
-        delta: dict[str, object] = {"role": "assistant"} if role else {}
-        if text is not None:
-            delta["content"] = text
-        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        self, index: int, delta: ChatDelta | None, text: str, logprobs: Any, finish: Any
+    ) -> Any:
+        if self.chat:
+            return ChatCompletionChunkChoice.model_construct(
+                index=index,
+                delta=delta or ChatDelta.model_construct(),
+                logprobs=logprobs,
+                finish_reason=finish,
+            )
+        return CompletionChoice.model_construct(
+            index=index, text=text, logprobs=logprobs, finish_reason=finish
+        )
 
     def opening(self) -> bytes | None:
         """Chat streams open with the assistant role (of every choice), as OpenAI's do."""
         if not self.chat:
             return None
-        return self._event([self._choice("", None, True, i) for i in range(self.n)])
+        if self.n == 1:
+            return self._fill("role")
+        role = ChatDelta.model_construct(role="assistant", content="")
+        return self._event([self._choice(i, role, "", None, None) for i in range(self.n)])
 
     def frame(self, frame: ReplyFrame) -> list[bytes]:
         events = []
         index = frame.index or 0
+        plain = index == 0 and not frame.logprobs
         if frame.text or frame.logprobs:
-            logprobs = self._logprobs(frame, index) if frame.logprobs else None
-            events.append(self._event([self._choice(frame.text, None, False, index, logprobs)]))
+            if plain:
+                kind = "content" if self.chat else "text"
+                events.append(self._fill(kind, orjson.dumps(frame.text)))
+            else:
+                delta = ChatDelta.model_construct(content=frame.text)
+                logprobs = self._logprobs(frame, index) if frame.logprobs else None
+                events.append(self._event([self._choice(index, delta, frame.text, logprobs, None)]))
+        if frame.tool_calls and self.chat:
+            delta = self._calls_delta(frame.tool_calls)
+            events.append(self._event([self._choice(index, delta, "", None, None)]))
         if frame.finish_reason is not None:
-            events.append(
-                self._event(
-                    [self._choice(None if self.chat else "", frame.finish_reason, False, index)]
-                )
-            )
+            events.append(self._finish(frame, index))
             if self.include_usage and not frame.more:
-                events.append(self._event([], frame.usage or Usage()))
+                usage = chunks.dump(frame.usage or Usage())
+                events.append(self._fill("usage" if self.chat else "text-usage", usage))
         return events
 
-    def _logprobs(self, frame: ReplyFrame, index: int) -> dict[str, object]:
+    def _finish(self, frame: ReplyFrame, index: int) -> bytes:
+        if index == 0:
+            finish = orjson.dumps(frame.finish_reason)
+            return self._fill("finish" if self.chat else "text-finish", finish)
+        return self._event([self._choice(index, None, "", None, frame.finish_reason)])
+
+    def _calls_delta(self, pieces: list[ToolCallDelta]) -> ChatDelta:
+        if self.legacy:  # the legacy functions: one call, streamed as function_call
+            return ChatDelta(function_call=pieces[0].function)
+        return ChatDelta(tool_calls=pieces)
+
+    def _logprobs(self, frame: ReplyFrame, index: int) -> Any:
         """A chunk's logprobs: chat's ``content`` list, or the completions shape, whose text
         offsets run on from the choice's earlier chunks."""
         tokens = frame.logprobs or []
         if self.chat:
-            return {"content": [token.model_dump() for token in tokens], "refusal": None}
+            return ChoiceLogprobs(content=tokens, refusal=None)
         offset = self._offsets.get(index, 0)
         self._offsets[index] = offset + len(frame.text)
-        return replies.completion_logprobs(tokens, offset).model_dump()
+        return replies.completion_logprobs(tokens, offset)
 
 
 def event(body: object) -> bytes:
@@ -162,7 +207,3 @@ def parse_event_id(text: str | None) -> EventId | None:
             f"Last-Event-ID '{text}' is not an event id of this API.", param="Last-Event-ID"
         ) from None
     return attempt, seq, k
-
-
-def now() -> int:
-    return int(time.time())

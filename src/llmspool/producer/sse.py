@@ -23,7 +23,10 @@ from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-PING = b": ping\n\n"
+#: A comment line, without the blank line that ends an event: the openai client's decoder
+#: makes an event of every blank line once an ``id:`` was seen (our events carry ids), and an
+#: event with no data is a JSON error there. A lone comment line is ignored by every client.
+PING = b": ping\n"
 #: Default seconds of silence after which a keep-alive comment is written (as sse-starlette).
 PING_SECONDS = 15.0
 

@@ -87,9 +87,29 @@ class BackendCapabilities:
     parameters: frozenset[str]
     #: Unknown request fields go to the engine (which answers for them) instead of a 400.
     passthrough: bool = False
+    #: ``tool_choice`` values honoured besides "none" (auto, required, named); with any,
+    #: ``tools`` and the legacy ``functions`` are honoured (shared/outputs.py checks the rest).
+    tool_choices: frozenset[str] = frozenset()
+    #: Constraints on the text it applies: json_schema, json_object, regex, choice, grammar.
+    constraints: frozenset[str] = frozenset()
 
     def honours(self, name: str) -> bool:
-        return name in CORE or name in self.parameters
+        return name in CORE or name in self.parameters or name in self.output_parameters
+
+    @property
+    def output_parameters(self) -> frozenset[str]:
+        """The tool and structured-output parameters its tool choices and constraints make."""
+        names: set[str] = set()
+        if self.tool_choices:
+            names |= {"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls"}
+        if self.constraints & {"json_schema", "json_object"}:
+            names.add("response_format")
+        if self.constraints:
+            names.add("structured_outputs")
+        guided = {"json_schema": "guided_json", "regex": "guided_regex"}
+        guided |= {"choice": "guided_choice", "grammar": "guided_grammar"}
+        names |= {guided[kind] for kind in self.constraints if kind in guided}
+        return frozenset(names)
 
     @property
     def features(self) -> list[str]:
@@ -97,26 +117,39 @@ class BackendCapabilities:
         found = {"n", "echo"}
         if "logprobs" in self.parameters:
             found.add("logprobs")
-        if "tools" in self.parameters:
+        if self.tool_choices:
             found.add("tools")
-        if "response_format" in self.parameters:
+        if self.constraints:
             found.add("structured_output")
         return sorted(found)
 
     def listed(self) -> list[str]:
         """Every parameter honoured, for ``/v1/models``."""
-        return sorted((CORE | self.parameters) - {"model", "input", "encoding_format"})
+        listed = CORE | self.parameters | self.output_parameters
+        return sorted(listed - {"model", "input", "encoding_format"})
 
+
+_TOOLS = frozenset({"auto", "required", "named"})
+_JSON = frozenset({"json_schema", "json_object"})
+_CONSTRAINTS = _JSON | {"regex", "choice", "grammar"}
 
 TABLE: dict[str, BackendCapabilities] = {
-    # deterministic text: the sampling knobs change nothing, so only the plain ones are taken
-    "fake": BackendCapabilities(_PENALTIES | _LOGPROBS),
-    "llama_cpp": BackendCapabilities(_PENALTIES | _LOGPROBS | _EXTENSIONS | {"logit_bias"}),
-    "vllm": BackendCapabilities(
-        _PENALTIES | _LOGPROBS | _EXTENSIONS | {"logit_bias", "chat_template_kwargs"}
+    # deterministic text: the sampling knobs change nothing, so only the plain ones are taken;
+    # tool calls and JSON bodies are scripted (consumers/backends/fake.py)
+    "fake": BackendCapabilities(_PENALTIES | _LOGPROBS, False, _TOOLS, _JSON | {"choice"}),
+    "llama_cpp": BackendCapabilities(
+        _PENALTIES | _LOGPROBS | _EXTENSIONS | {"logit_bias"}, False, _TOOLS, _CONSTRAINTS
     ),
-    # no presence/frequency penalties in transformers' generate
-    "transformers": BackendCapabilities(_LOGPROBS | _EXTENSIONS | {"chat_template_kwargs"}),
+    "vllm": BackendCapabilities(
+        _PENALTIES | _LOGPROBS | _EXTENSIONS | {"logit_bias", "chat_template_kwargs"},
+        False,
+        _TOOLS,
+        _CONSTRAINTS,
+    ),
+    # no presence/frequency penalties in transformers' generate; no constrained decoding
+    "transformers": BackendCapabilities(
+        _LOGPROBS | _EXTENSIONS | {"chat_template_kwargs"}, False, frozenset({"auto"})
+    ),
     "openai": BackendCapabilities(
         _PENALTIES
         | _LOGPROBS
@@ -130,6 +163,8 @@ TABLE: dict[str, BackendCapabilities] = {
             "prediction",
         },
         passthrough=True,
+        tool_choices=_TOOLS,
+        constraints=_CONSTRAINTS,
     ),
 }
 
@@ -148,8 +183,17 @@ def refused_parameters(body: BaseModel, backend: str) -> list[str]:
     refused = [
         name
         for name in type(body).model_fields
-        if not caps.honours(name) and getattr(body, name) not in NOT_SET.get(name, (None,))
+        if not caps.honours(name) and _value(body, name) not in NOT_SET.get(name, (None,))
     ]
     if not caps.passthrough:
         refused += [name for name in body.model_extra or {} if not caps.honours(name)]
     return refused
+
+
+def _value(body: BaseModel, name: str) -> object:
+    """A parameter's value as the request wrote it (a typed one, ``response_format``, as
+    JSON), to compare with :data:`NOT_SET`."""
+    value = getattr(body, name)
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    return value

@@ -11,6 +11,7 @@ from llmspool.shared import capabilities
 from llmspool.shared.config import Capability, ModelConfig
 from llmspool.shared.errors import InvalidRequest, UnsupportedCapability, UnsupportedParameter
 from llmspool.shared.messages import JobKind, RequestBody
+from llmspool.shared.outputs import check_outputs
 from llmspool.shared.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -37,6 +38,8 @@ def check_request(body: RequestBody, model: ModelConfig, kind: JobKind) -> None:
         _check_tokenize(body)  # the same parameters on every backend
     elif not isinstance(body, DetokenizeRequest):
         check_parameters(body, model)
+    if isinstance(body, ChatCompletionRequest | CompletionRequest):
+        check_outputs(body, model.backend)
     capability = _KIND_CAPABILITY.get(kind)  # tokenizing needs no capability
     if capability is not None and capability not in model.capabilities:
         raise UnsupportedCapability(

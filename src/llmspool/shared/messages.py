@@ -19,6 +19,7 @@ from llmspool.shared.protocol import (
     CompletionRequest,
     EmbeddingRequest,
     FinishReason,
+    ToolCallDelta,
     Usage,
 )
 from llmspool.shared.tokens import DetokenizeRequest, TokenizeRequest
@@ -139,6 +140,8 @@ class ReplyMeta(BaseModel):
     n: int = 1
     #: The tenant (API key id) that made the request: only it (and admin keys) may follow it.
     owner: str | None = None
+    #: The request used the legacy ``functions``: calls are shown as ``function_call``.
+    legacy_functions: bool = False
 
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()
@@ -160,6 +163,7 @@ class ReplyMeta(BaseModel):
             include_usage=bool(options and options.include_usage),
             n=n or 1,
             owner=job.tenant,
+            legacy_functions=isinstance(body, ChatCompletionRequest) and body.legacy_functions(),
         )
 
 
@@ -208,6 +212,9 @@ class ReplyFrame(BaseModel):
     logprobs: list[ChatCompletionTokenLogprob] | None = None
     #: On a choice's finish frame: other choices have not finished, the reply goes on.
     more: bool | None = None
+    #: Pieces of tool calls, in OpenAI's streaming shape (consecutive argument fragments of
+    #: one call coalesced).
+    tool_calls: list[ToolCallDelta] | None = None
 
     @property
     def final(self) -> bool:

@@ -10,11 +10,14 @@ documented in docs/api.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FinishReason = Literal["stop", "length"]
+#: ``tool_calls`` ends a reply that calls tools; ``function_call`` the same for a request that
+#: used the legacy ``functions``.
+FinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 
 class OpenAIBaseModel(BaseModel):
@@ -28,10 +31,113 @@ class TextContentPart(OpenAIBaseModel):
     text: str
 
 
+# ------------------------------------------------------------------ tools and structured output
+
+FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class FunctionDefinition(OpenAIBaseModel):
+    name: FunctionName
+    description: str | None = None
+    #: A JSON schema of the arguments (an object); unset: no arguments.
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionRef(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"]
+    function: FunctionRef
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+#: The legacy ``function_call``: "none", "auto" or ``{"name": ...}``.
+FunctionChoice = Literal["none", "auto"] | FunctionRef
+
+
+class FunctionCall(OpenAIBaseModel):
+    name: str
+    #: The arguments as a JSON text, as the model wrote them.
+    arguments: str
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionCallDelta(OpenAIBaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(OpenAIBaseModel):
+    """A piece of a streamed tool call: ``index``, ``id``, ``type`` and the name first, then
+    fragments of the arguments (OpenAI's streaming shape)."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
+class JsonSchemaFormat(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(OpenAIBaseModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(OpenAIBaseModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(OpenAIBaseModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaResponseFormat, Field(discriminator="type")
+]
+
+
+class StructuredOutputs(OpenAIBaseModel):
+    """vLLM's ``structured_outputs``: one constraint on the generated text."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+
 class ChatMessage(OpenAIBaseModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    #: An assistant turn's calls, and the call a ``tool`` message answers.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    #: The legacy form of an assistant turn's call.
+    function_call: FunctionCall | None = None
 
     def text(self) -> str:
         """The message's content as one string (text parts joined)."""
@@ -69,8 +175,8 @@ class ChatCompletionRequest(RequestModel):
     model: Annotated[str, Field(min_length=1)]
     audio: Any = None
     frequency_penalty: Penalty | None = None
-    function_call: Any = None
-    functions: Any = None
+    function_call: FunctionChoice | None = None
+    functions: Annotated[list[FunctionDefinition], Field(max_length=128)] | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     max_completion_tokens: PositiveInt | None = None
@@ -82,7 +188,7 @@ class ChatCompletionRequest(RequestModel):
     prediction: Any = None
     presence_penalty: Penalty | None = None
     reasoning_effort: str | None = None
-    response_format: Any = None
+    response_format: ResponseFormat | None = None
     seed: Seed | None = None
     service_tier: str | None = None
     stop: Stop = None
@@ -90,8 +196,8 @@ class ChatCompletionRequest(RequestModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
-    tool_choice: Any = None
-    tools: Any = None
+    tool_choice: ToolChoice | None = None
+    tools: Annotated[list[ChatTool], Field(max_length=128)] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     top_p: TopP | None = None
     user: str | None = None
@@ -103,10 +209,26 @@ class ChatCompletionRequest(RequestModel):
     ignore_eos: bool | None = None
     stop_token_ids: TokenIds | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # --- vLLM's structured outputs (honoured where the backend can, see shared/outputs.py) ---
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     def requested_max_tokens(self) -> int | None:
         """``max_completion_tokens`` wins over the deprecated ``max_tokens``."""
         return self.max_completion_tokens or self.max_tokens
+
+    def function_tools(self) -> list[FunctionDefinition]:
+        """The functions the model may call: ``tools``, else the legacy ``functions``."""
+        if self.tools:
+            return [tool.function for tool in self.tools]
+        return list(self.functions or [])
+
+    def legacy_functions(self) -> bool:
+        """Whether the request uses ``functions``/``function_call`` rather than ``tools``."""
+        return not self.tools and bool(self.functions)
 
     def top_logprobs_wanted(self) -> int | None:
         """Alternatives per token to report; None: no logprobs at all (``top_logprobs`` > 0
@@ -140,6 +262,12 @@ class CompletionRequest(RequestModel):
     min_tokens: Annotated[int, Field(ge=0)] | None = None
     ignore_eos: bool | None = None
     stop_token_ids: TokenIds | None = None
+    # --- vLLM's structured outputs (honoured where the backend can, see shared/outputs.py) ---
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
@@ -207,6 +335,36 @@ class CompletionLogprobs(OpenAIBaseModel):
 class ChatCompletionMessage(OpenAIBaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+
+
+def assemble_tool_calls(pieces: Iterable[ToolCallDelta]) -> list[ToolCall]:
+    """Whole tool calls from their streamed pieces (grouped by ``index``, fragments joined)."""
+    calls: dict[int, tuple[list[str], list[str], list[str]]] = {}
+    for piece in pieces:
+        ids, names, arguments = calls.setdefault(piece.index, ([], [], []))
+        ids.append(piece.id or "")
+        if piece.function is not None:
+            names.append(piece.function.name or "")
+            arguments.append(piece.function.arguments or "")
+    return [
+        ToolCall(id="".join(ids), function=FunctionCall(name="".join(n), arguments="".join(a)))
+        for _, (ids, n, a) in sorted(calls.items())
+    ]
+
+
+def assistant_message(
+    text: str, pieces: list[ToolCallDelta] | None, legacy: bool = False
+) -> ChatCompletionMessage:
+    """A reply's message: its text, and its tool calls (``function_call`` for a request that
+    used the legacy ``functions``)."""
+    if not pieces:
+        return ChatCompletionMessage(content=text)
+    calls = assemble_tool_calls(pieces)
+    if legacy:
+        return ChatCompletionMessage(content=text or None, function_call=calls[0].function)
+    return ChatCompletionMessage(content=text or None, tool_calls=calls)
 
 
 class ChatCompletionChoice(OpenAIBaseModel):
@@ -229,6 +387,8 @@ class ChatCompletion(OpenAIBaseModel):
 class ChatDelta(OpenAIBaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCallDelta | None = None
 
 
 class ChatCompletionChunkChoice(OpenAIBaseModel):

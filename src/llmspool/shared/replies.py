@@ -2,7 +2,7 @@
 
 The API (a non-streamed reply) and the batch runner (a batch line's result) build the same
 objects from the same frames, here. A frame belongs to choice ``frame.choice``; its text and
-logprobs add to that choice, its finish reason ends it.
+logprobs (and tool-call pieces) add to that choice, its finish reason ends it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from llmspool.shared.messages import ReplyFrame
 from llmspool.shared.protocol import (
     ChatCompletion,
     ChatCompletionChoice,
-    ChatCompletionMessage,
     ChatCompletionTokenLogprob,
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
     CompletionLogprobs,
     FinishReason,
+    ToolCallDelta,
     Usage,
+    assistant_message,
 )
 
 
@@ -32,6 +33,7 @@ class Choice:
     parts: list[str] = field(default_factory=list)
     logprobs: list[ChatCompletionTokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -47,12 +49,20 @@ def fold(frames: Iterable[ReplyFrame]) -> list[Choice]:
         if frame.logprobs is not None:
             choice.logprobs = (choice.logprobs or []) + frame.logprobs
         choice.finish_reason = frame.finish_reason or choice.finish_reason
+        if frame.tool_calls:
+            choice.tool_calls += frame.tool_calls
     return [choices[i] for i in sorted(choices)]
 
 
 def chat_completion(
-    request_id: str, created: int, model: str, frames: list[ReplyFrame], usage: Usage | None
+    request_id: str,
+    created: int,
+    model: str,
+    frames: list[ReplyFrame],
+    usage: Usage | None,
+    legacy_functions: bool = False,
 ) -> ChatCompletion:
+    """``legacy_functions``: the request used ``functions``, its call is ``function_call``."""
     return ChatCompletion(
         id=request_id,
         created=created,
@@ -60,7 +70,7 @@ def chat_completion(
         choices=[
             ChatCompletionChoice(
                 index=i,
-                message=ChatCompletionMessage(content=choice.text),
+                message=assistant_message(choice.text, choice.tool_calls, legacy_functions),
                 logprobs=None
                 if choice.logprobs is None
                 else ChoiceLogprobs(content=choice.logprobs),

@@ -29,6 +29,7 @@ from llmspool.shared.protocol import (
     ChatMessage,
     CompletionRequest,
     FinishReason,
+    ToolCallDelta,
     Usage,
 )
 from llmspool.shared.tokens import TokenizeRequest
@@ -50,6 +51,8 @@ class Delta:
     usage: Usage | None = None
     #: The logprobs of this delta's tokens, when the job asked for them.
     logprobs: list[ChatCompletionTokenLogprob] | None = None
+    #: Pieces of tool calls (see :mod:`llmspool.consumers.tools`).
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,19 +20,30 @@ Without ``faults = true`` markers are plain text.
 
 Its tokenizer (``/tokenize``) is one token per whitespace-separated word, as its usage counts
 them: the words it generates have ids, any other word (and any other id) is ``<unk>``.
+
+Tools and structured output (for protocol tests): a request that forces a tool call gets a
+call of the named (or first) tool; with ``tool_choice`` auto, a conversation whose last message
+is the user's gets a ``<tool_call>`` of the first tool, and one that ends with a tool's result
+gets text; a ``response_format``/``guided_json`` schema gets a JSON value built from the
+schema (:func:`example`), a ``guided_choice`` its first choice. Such scripted replies stream in
+pieces of a few characters, one token each, at the configured pace. With ``echo = true`` the
+reply is the prompt as the engine saw it (tool calls and results written out).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from pydantic import Field
 
+from llmspool.consumers import tools
 from llmspool.consumers.backends.base import (
     BackendOptions,
     Delta,
@@ -45,7 +56,7 @@ from llmspool.consumers.backends.base import (
 )
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.messages import Job
-from llmspool.shared.protocol import ChatCompletionTokenLogprob, TopLogprob, Usage
+from llmspool.shared.protocol import ChatCompletionTokenLogprob, ChatMessage, TopLogprob, Usage
 
 WORDS = [
     "the",
@@ -99,6 +110,9 @@ class Options(BackendOptions):
         description="Honour [[fake:exit@N]] / [[fake:raise@N]] prompt markers "
         "(fault injection for tests and the chaos run; never in production).",
     )
+    echo: bool = Field(
+        default=False, description="Reply with the prompt as the engine saw it (tests)."
+    )
 
 
 _FAULT = re.compile(r"\[\[fake:(exit|raise)@(\d+)(?:x(\d+))?\]\]")
@@ -146,15 +160,19 @@ class FakeBackend:
     async def stop(self) -> None:
         return None
 
-    async def generate(self, job: Job) -> AsyncIterator[Delta]:
+    def generate(self, job: Job) -> AsyncIterator[Delta]:
+        plan = tools.plan_of(job)
+        return tools.shaped(plan, self._generate(job, plan))
+
+    async def _generate(self, job: Job, plan: tools.OutputPlan) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
-        prompt = prompt_of(job)
+        prompt = tools.plain_prompt(prompt_of(job), plan)
         limit = generation_budget(
             params, count_tokens(prompt_text(prompt)), self.options.max_model_len, prompt.is_chat
         )
         start = time.monotonic()
         matcher = StopMatcher(params.stop)
-        words = token_stream(prompt_text(prompt), params.seed)
+        words = self._words(prompt, plan, params.seed)
         fault = Fault.find(prompt_text(prompt), job.attempt) if self.options.faults else None
         produced = 0
         for i in range(limit):
@@ -164,9 +182,12 @@ class FakeBackend:
             await _sleep_until(start + (self.options.ttft_ms + i * self.options.itl_ms) / 1000)
             if fault is not None:
                 fault.strike(i)
+            word = next(words, None)
+            if word is None:
+                yield _final("stop", prompt, produced, matcher.flush())
+                return
             self.tokens_generated += 1
             produced += 1
-            word = next(words)
             text = matcher.feed(word)
             logprobs = None if params.logprobs is None else [fake_logprob(word, params.logprobs)]
             if matcher.matched:
@@ -176,10 +197,15 @@ class FakeBackend:
                 return
             if text or logprobs:
                 yield Delta(text=text, tokens=1, logprobs=logprobs)
-        tail = matcher.flush()
-        if tail:
-            yield Delta(text=tail)
-        yield _final("length", prompt, produced)
+        yield _final("length", prompt, produced, matcher.flush())
+
+    def _words(self, prompt: Prompt, plan: tools.OutputPlan, seed: int | None) -> Iterator[str]:
+        scripted = script(prompt, plan)
+        if scripted is None and self.options.echo:
+            scripted = prompt_text(prompt)
+        if scripted is not None:
+            return iter(pieces(scripted))
+        return token_stream(prompt_text(prompt), seed)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         return [fake_embedding(text, self.options.embedding_dim) for text in texts]
@@ -255,14 +281,91 @@ def fake_embedding(text: str, dim: int) -> list[float]:
     return [x / norm for x in raw]
 
 
-def _final(reason: str, prompt: Prompt, produced: int) -> Delta:
+def script(prompt: Prompt, plan: tools.OutputPlan) -> str | None:
+    """The scripted reply to a request with tools or a constraint; None: free text."""
+    if plan.forced and plan.constraint is not None:
+        return json.dumps(example(plan.constraint.value))
+    last = prompt.messages[-1] if prompt.messages else None
+    if plan.choice == "auto" and last is not None and _asks(last):
+        first = plan.functions[0]
+        call = {"name": first.name, "arguments": example(first.parameters or {})}
+        return tools.OPEN + json.dumps(call) + tools.CLOSE
+    constraint = plan.constraint
+    if constraint is None:
+        return None
+    if constraint.kind == "json_schema":
+        return json.dumps(example(constraint.value))
+    if constraint.kind == "choice":
+        return str(constraint.value[0])
+    return json.dumps({"answer": "the quick brown fox"})
+
+
+def _asks(message: ChatMessage) -> bool:
+    """Whether the conversation ends with the user's question (not a tool's result)."""
+    return message.role == "user" and not message.text().startswith("<tool_response>")
+
+
+def pieces(text: str, size: int = 4) -> list[str]:
+    """``text`` cut into pieces of ``size`` characters, one fake token each."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def example(schema: Any) -> Any:
+    """A deterministic value that satisfies ``schema`` (the common JSON-schema keywords)."""
+    if not isinstance(schema, dict):
+        return None
+    for key in ("const", "default"):
+        if key in schema:
+            return schema[key]
+    for key in ("enum", "anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return options[0] if key == "enum" else example(options[0])
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else "null"
+    return _EXAMPLES.get(kind, _example_string)(schema) if isinstance(kind, str) else None
+
+
+def _example_object(schema: dict[str, Any]) -> Any:
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    return {name: example(sub) for name, sub in properties.items()}
+
+
+def _example_array(schema: dict[str, Any]) -> Any:
+    return [example(schema.get("items", {})) for _ in range(max(1, _int(schema, "minItems", 1)))]
+
+
+def _example_string(schema: dict[str, Any]) -> Any:
+    return "x" * max(4, _int(schema, "minLength", 0))
+
+
+def _int(schema: dict[str, Any], key: str, default: int) -> int:
+    value = schema.get(key, default)
+    return min(value, 64) if isinstance(value, int) else default
+
+
+_EXAMPLES: dict[str, Any] = {
+    "object": _example_object,
+    "array": _example_array,
+    "string": _example_string,
+    "integer": lambda s: _int(s, "minimum", 1),
+    "number": lambda s: 1.5,
+    "boolean": lambda s: True,
+    "null": lambda s: None,
+}
+
+
+def _final(reason: str, prompt: Prompt, produced: int, tail: str = "") -> Delta:
     prompt_tokens = count_tokens(prompt_text(prompt))
     usage = Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=produced,
         total_tokens=prompt_tokens + produced,
     )
-    return Delta(finish_reason="stop" if reason == "stop" else "length", usage=usage)
+    return Delta(text=tail, finish_reason="stop" if reason == "stop" else "length", usage=usage)
 
 
 async def _sleep_until(when: float) -> None:

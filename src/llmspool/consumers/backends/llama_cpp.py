@@ -15,11 +15,13 @@ import os
 import random
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from llmspool.consumers import tools
 from llmspool.consumers.backends import gemma
 from llmspool.consumers.backends.base import (
     BackendOptions,
@@ -34,6 +36,7 @@ from llmspool.consumers.backends.base import (
     prompt_of,
     sampling_params,
 )
+from llmspool.consumers.backends.gbnf import GrammarSampling, grammar_text
 from llmspool.consumers.packaged import GEMMA_3_270M, ensure_packaged
 from llmspool.shared.config import ModelConfig
 from llmspool.shared.errors import (
@@ -125,7 +128,8 @@ class LlamaCppBackend:
         if prompt.text is not None:
             return prompt.text
         if self._formatter is not None:
-            rendered = self._formatter(messages=[m.model_dump() for m in prompt.messages])
+            messages = [m.model_dump(exclude_none=True) for m in prompt.messages]
+            rendered = self._formatter(messages=messages)
             return str(rendered.prompt)
         return gemma.render(prompt.messages)
 
@@ -176,30 +180,42 @@ class LlamaCppBackend:
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
-        prompt = prompt_of(job)
-        return ThreadedGeneration(lambda stop: self._produce(prompt, params, stop)).__aiter__()
+        plan = tools.plan_of(job)
+        prompt = tools.plain_prompt(prompt_of(job), plan)
+        grammar = _Grammar.of(plan.constraint)
+        generation = ThreadedGeneration(lambda stop: self._produce(prompt, params, stop, grammar))
+        return tools.shaped(plan, generation.__aiter__())
 
     def _produce(
-        self, prompt: Prompt, params: SamplingParams, stop: threading.Event
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        stop: threading.Event,
+        grammar: _Grammar | None = None,
     ) -> Iterator[Delta]:
         with self._lock:
             tokens = self.prompt_ids(prompt)
             limit = generation_budget(params, len(tokens), self.options.n_ctx, prompt.is_chat)
             self._llm.set_seed(params.seed if params.seed is not None else random.getrandbits(31))
             try:
-                yield from self._sample(tokens, params, limit, stop)
+                yield from self._sample(tokens, params, limit, stop, grammar)
             except ValueError as exc:  # the engine refusing what the request asked for
                 raise request_error(exc, prompt.is_chat) from exc
 
     def _sample(
-        self, tokens: Sequence[int], params: SamplingParams, limit: int, stop: threading.Event
+        self,
+        tokens: Sequence[int],
+        params: SamplingParams,
+        limit: int,
+        stop: threading.Event,
+        grammar: _Grammar | None = None,
     ) -> Iterator[Delta]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(params.stop)
         ends = set() if params.ignore_eos else {*self.options.stop_token_ids}
         ends.update(params.stop_token_ids)
         produced, finish = 0, "length"
-        for token in self._llm.generate(tokens, **self._engine_args(params, len(tokens))):
+        for token in self._tokens(tokens, params, grammar):
             if stop.is_set():
                 return
             if token in ends:
@@ -223,6 +239,28 @@ class LlamaCppBackend:
             total_tokens=len(tokens) + produced,
         )
         yield Delta(text=tail, finish_reason="stop" if finish == "stop" else "length", usage=usage)
+
+    def _tokens(
+        self, tokens: Sequence[int], params: SamplingParams, grammar: _Grammar | None
+    ) -> Iterator[int]:
+        """The engine's tokens, under the job's grammar if it has one."""
+        args = self._engine_args(params, len(tokens))
+        if grammar is None:
+            yield from self._llm.generate(tokens, **args)
+            return
+        args.pop("reset", None)
+        sampling = GrammarSampling(self._llm, grammar.text, grammar.param)
+        chain = self._llm._init_sampler(**args)
+        try:
+            self._llm.reset()
+            self._llm.eval(tokens)
+            while True:
+                token = sampling.sample(chain)
+                yield token
+                self._llm.eval([token])
+        finally:
+            sampling.close()
+            chain.close()
 
     def _engine_args(self, params: SamplingParams, prompt_tokens: int) -> dict[str, Any]:
         args = _engine_args(params)
@@ -356,6 +394,20 @@ def request_error(exc: ValueError, chat: bool) -> InvalidRequest:
     if "context window" in message or "exceed context" in message:
         return ContextLengthExceeded(message, param="messages" if chat else "prompt")
     return InvalidRequest(f"llama.cpp refused the request: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Grammar:
+    """A job's grammar (GBNF text), made before the job takes the engine."""
+
+    text: str
+    param: str
+
+    @classmethod
+    def of(cls, constraint: tools.Constraint | None) -> _Grammar | None:
+        if constraint is None:
+            return None
+        return cls(grammar_text(constraint), constraint.param)
 
 
 def _gguf_formatter(llm: Any) -> Any:

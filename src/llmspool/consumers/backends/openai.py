@@ -1,8 +1,11 @@
 """The ``openai`` backend: forwards jobs to an upstream OpenAI-compatible server.
 
 The upstream may be a vLLM or llama.cpp server, or a hosted API. Generations are streamed
-through as they arrive; usage is the upstream's own (``stream_options.include_usage``), or, where
-the upstream sends none, one token per streamed piece and no prompt count. The upstream's
+through as they arrive; tools, ``tool_choice``, the legacy ``functions``,
+``response_format`` and vLLM's ``structured_outputs``/``guided_*`` go upstream unchanged,
+and the upstream's tool calls come back as they streamed; usage is the upstream's own
+(``stream_options.include_usage``), or, where the upstream sends none, one token per streamed
+piece and no prompt count. The upstream's
 errors become llmspool errors with the upstream's message (:func:`upstream_error`). A cancelled
 job closes its upstream stream. The upstream key is read from an environment variable, never
 from the models file.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field
 
@@ -39,6 +42,8 @@ from llmspool.shared.messages import Job
 from llmspool.shared.protocol import (
     ChatCompletionTokenLogprob,
     FinishReason,
+    FunctionCallDelta,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
@@ -252,13 +257,31 @@ PASSED = (
 )
 
 
+#: Tool and structured-output fields, forwarded as the request wrote them (JSON).
+PASSED_OUTPUTS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+
+
 def passed_through(body: Any) -> dict[str, Any]:
     """What ``body`` asks of the upstream beyond the sampling parameters: the fields of
-    :data:`PASSED` that are set, and every field llmspool does not know."""
+    :data:`PASSED` and :data:`PASSED_OUTPUTS` that are set, and every field llmspool does
+    not know."""
     fields = {name: getattr(body, name, None) for name in PASSED}
-    return {name: value for name, value in fields.items() if value is not None} | dict(
-        body.model_extra or {}
-    )
+    given = {name: value for name, value in fields.items() if value is not None}
+    outputs = set(PASSED_OUTPUTS) & set(type(body).model_fields)
+    given |= body.model_dump(include=outputs, exclude_none=True, by_alias=True)
+    return given | dict(body.model_extra or {})
 
 
 class ChunkReader:
@@ -269,6 +292,8 @@ class ChunkReader:
         self.pieces = 0
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
+        #: each call's id and name as first streamed (index -> (id, name))
+        self.calls: dict[int, tuple[str | None, str | None]] = {}
 
     def read(self, chunk: Any) -> Delta | None:
         if getattr(chunk, "usage", None) is not None:
@@ -281,13 +306,35 @@ class ChunkReader:
             return None
         choice = chunk.choices[0]
         if choice.finish_reason is not None:
-            self.finish_reason = "length" if choice.finish_reason == "length" else "stop"
+            self.finish_reason = _finish_reason(choice.finish_reason)
         text = (choice.delta.content if self.chat else choice.text) or ""
         logprobs = chunk_logprobs(getattr(choice, "logprobs", None), self.chat)
-        if not text and not logprobs:
+        calls = self._calls(_tool_calls(choice.delta)) if self.chat else None
+        if not text and not logprobs and not calls:
             return None
         self.pieces += 1
-        return Delta(text=text, tokens=1, logprobs=logprobs)
+        return Delta(text=text, tokens=1, logprobs=logprobs, tool_calls=calls)
+
+    def _calls(self, pieces: list[ToolCallDelta] | None) -> list[ToolCallDelta] | None:
+        """The pieces without a repeat of their call's id, type and name: some servers
+        (llama-cpp-python's) send them with every fragment, and OpenAI's clients would join
+        the repeats into one long name."""
+        if not pieces:
+            return None
+        return [self._first_only(piece) for piece in pieces]
+
+    def _first_only(self, piece: ToolCallDelta) -> ToolCallDelta:
+        name = piece.function.name if piece.function is not None else None
+        seen = self.calls.get(piece.index)
+        if seen is None:
+            self.calls[piece.index] = (piece.id, name)
+            return piece
+        update: dict[str, object] = {}
+        if piece.id is not None and piece.id == seen[0]:
+            update |= {"id": None, "type": None}
+        if piece.function is not None and name is not None and name == seen[1]:
+            update["function"] = piece.function.model_copy(update={"name": None})
+        return piece.model_copy(update=update) if update else piece
 
     def final(self) -> Delta:
         if self.finish_reason is None and self.pieces == 0 and self.usage is None:
@@ -321,6 +368,25 @@ def chunk_logprobs(logprobs: Any, chat: bool) -> list[ChatCompletionTokenLogprob
         )
         for token, value, top in zip(tokens, values, tops, strict=False)
     ] or None
+
+
+def _finish_reason(reason: str) -> FinishReason:
+    if reason in ("length", "tool_calls", "function_call"):
+        return cast(FinishReason, reason)
+    return "stop"
+
+
+def _tool_calls(delta: Any) -> list[ToolCallDelta] | None:
+    """The upstream's tool-call pieces as they streamed (a legacy ``function_call`` piece as
+    the piece of call 0)."""
+    calls = getattr(delta, "tool_calls", None)
+    if calls:
+        return [ToolCallDelta.model_validate(c.model_dump(exclude_none=True)) for c in calls]
+    legacy = getattr(delta, "function_call", None)
+    if legacy is not None:
+        function = FunctionCallDelta.model_validate(legacy.model_dump(exclude_none=True))
+        return [ToolCallDelta(index=0, function=function)]
+    return None
 
 
 def upstream_error(exc: BaseException) -> LLMSpoolError:

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field
 
+from llmspool.consumers import tools
 from llmspool.consumers.backends import hf_tokens
 from llmspool.consumers.backends.base import (
     BackendOptions,
@@ -41,7 +42,13 @@ from llmspool.consumers.backends.base import (
 from llmspool.consumers.backends.decoder import BatchDecoder, Emit, Sequence, batchable
 from llmspool.consumers.backends.sampler import RowSampler
 from llmspool.shared.config import ModelConfig
-from llmspool.shared.errors import ConfigError, EngineError, InvalidRequest, UnsupportedCapability
+from llmspool.shared.errors import (
+    ConfigError,
+    EngineError,
+    InvalidRequest,
+    UnsupportedCapability,
+    UnsupportedParameter,
+)
 from llmspool.shared.messages import Job
 from llmspool.shared.protocol import ChatCompletionTokenLogprob, FinishReason, TopLogprob, Usage
 
@@ -153,10 +160,17 @@ class TransformersBackend:
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
-        prompt = prompt_of(job)
+        plan = tools.plan_of(job)
+        if plan.constraint is not None:  # the API refuses these for this backend
+            raise UnsupportedParameter(
+                f"'{plan.constraint.param}' is not supported by the transformers backend.",
+                param=plan.constraint.param,
+            )
+        prompt = tools.plain_prompt(prompt_of(job), plan)
         if self.decoder is not None:
-            return self._batched(job.request_id, prompt, params)
-        return ThreadedGeneration(lambda stop: self._produce(prompt, params, stop)).__aiter__()
+            return tools.shaped(plan, self._batched(job.request_id, prompt, params))
+        generation = ThreadedGeneration(lambda stop: self._produce(prompt, params, stop))
+        return tools.shaped(plan, generation.__aiter__())
 
     async def _batched(
         self, request_id: str, prompt: Prompt, params: SamplingParams

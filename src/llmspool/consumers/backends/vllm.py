@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from llmspool.consumers import tools
 from llmspool.consumers.backends import hf_tokens
 from llmspool.consumers.backends.base import (
     BackendOptions,
@@ -126,9 +127,14 @@ class VllmBackend(NoEmbeddings):
 
     def generate(self, job: Job) -> AsyncIterator[Delta]:
         params = sampling_params(job, self.model)
-        return self._generate(prompt_of(job), params)
+        plan = tools.plan_of(job)
+        prompt = tools.plain_prompt(prompt_of(job), plan)
+        structured = structured_kwargs(plan.constraint)
+        return tools.shaped(plan, self._generate(prompt, params, structured))
 
-    async def _generate(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta]:
+    async def _generate(
+        self, prompt: Prompt, params: SamplingParams, structured: dict[str, Any]
+    ) -> AsyncIterator[Delta]:
         if self._engine is None or self._make_params is None:
             raise EngineError("the vllm backend is not started")
         ids = self.prompt_ids(prompt, params)
@@ -137,7 +143,7 @@ class VllmBackend(NoEmbeddings):
         request_id = f"llmspool-{uuid.uuid4().hex}"
         reader = OutputReader(prompt_tokens=len(ids), logprobs=params.logprobs)
         try:
-            vllm_params = self._make_params(**sampling_kwargs(params))
+            vllm_params = self._make_params(**sampling_kwargs(params), **structured)
             outputs = self._engine.generate({"prompt_token_ids": ids}, vllm_params, request_id)
             async for output in outputs:
                 for delta in reader.read(output):
@@ -241,6 +247,9 @@ def _build_engine(
         raise ConfigError(f"model {model.name}: vLLM cannot load it: {exc}") from exc
 
     def make_params(**kwargs: Any) -> Any:
+        structured = kwargs.pop("structured_outputs", None)
+        if structured is not None:
+            kwargs.update(_structured_params(structured))
         return VllmSamplingParams(**kwargs, output_kind=RequestOutputKind.DELTA)
 
     return engine, make_params
@@ -291,6 +300,34 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "logit_bias": dict(params.logit_bias) or None,
     }
     return kwargs | {name: value for name, value in optional.items() if value is not None}
+
+
+def structured_kwargs(constraint: tools.Constraint | None) -> dict[str, Any]:
+    """vLLM's structured outputs for a job's constraint (tool calls included), as the
+    ``structured_outputs`` argument (:func:`_structured_params` makes vLLM's object)."""
+    if constraint is None:
+        return {}
+    key = {
+        "json_schema": "json",
+        "json_object": "json_object",
+        "regex": "regex",
+        "choice": "choice",
+        "grammar": "grammar",
+    }[constraint.kind]
+    value = True if constraint.kind == "json_object" else constraint.value
+    return {"structured_outputs": {key: value}}
+
+
+def _structured_params(spec: dict[str, Any]) -> dict[str, Any]:
+    """``structured_outputs=StructuredOutputsParams`` (vLLM >= 0.11), or the older
+    ``guided_decoding=GuidedDecodingParams``."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams
+
+        return {"guided_decoding": GuidedDecodingParams(**spec)}
+    return {"structured_outputs": StructuredOutputsParams(**spec)}
 
 
 class OutputReader:
