@@ -42,6 +42,11 @@ CHAT_VALUES: dict[str, Any] = {
     "top_k": 5,
     "vendor_knob": 1,  # a field llmspool does not know
 }
+#: What a value above needs beside it to be a well-formed request.
+COMPANIONS: dict[str, dict[str, Any]] = {
+    "tool_choice": {"tools": CHAT_VALUES["tools"]},
+    "function_call": {"functions": CHAT_VALUES["functions"]},
+}
 COMPLETION_VALUES: dict[str, Any] = {"best_of": 3, "suffix": "end", "logprobs": 2, "echo": True}
 
 
@@ -70,13 +75,15 @@ def test_each_parameter_is_honoured_or_refused_by_name(
     backend: str, kind: str, name: str, value: Any
 ) -> None:
     if kind == "chat":
-        body: Any = chat(**{name: value})
+        body: Any = chat(**{name: value, **COMPANIONS.get(name, {})})
         job_kind = JobKind.CHAT
     else:
         body = CompletionRequest.model_validate({"model": "m", "prompt": "p", name: value})
         job_kind = JobKind.COMPLETION
     row = capabilities.of(backend)
     honoured = row.honours(name) or (row.passthrough and name in (body.model_extra or {}))
+    if name == "tool_choice":  # tools honoured, but a forced call only where it can be
+        honoured = "required" in row.tool_choices
     if value is None or honoured:
         check_request(body, model(backend), job_kind)
         return
@@ -94,7 +101,7 @@ def test_not_set_values_pass_everywhere() -> None:
 
 def test_the_model_card_lists_features_and_parameters() -> None:
     row = capabilities.of("llama_cpp")
-    assert row.features == ["echo", "logprobs", "n"]
+    assert row.features == ["echo", "logprobs", "n", "structured_output", "tools"]
     assert "top_k" in row.listed() and "chat_template_kwargs" not in row.listed()
     assert capabilities.of("a-plugin").listed() == sorted(
         capabilities.CORE - {"model", "input", "encoding_format"}

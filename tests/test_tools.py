@@ -17,8 +17,8 @@ from llmspool.consumers.backends.fake import example
 from llmspool.consumers.backends.gbnf import bounded, expand_classes
 from llmspool.consumers.publisher import coalesce_tool_call
 from llmspool.producer.responses import ChunkWriter
-from llmspool.shared.messages import JobKind, ReplyFrame, ReplyMeta
 from llmspool.shared import capabilities
+from llmspool.shared.messages import JobKind, ReplyFrame, ReplyMeta
 from llmspool.shared.protocol import (
     ChatCompletionRequest,
     ChatMessage,
