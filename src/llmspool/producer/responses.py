@@ -27,6 +27,7 @@ from llmspool.shared.protocol import (
     ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     ToolCallDelta,
     Usage,
 )
@@ -151,11 +152,14 @@ class ChunkWriter:
         """A chunk's logprobs: chat's ``content`` list, or the completions shape, whose text
         offsets run on from the choice's earlier chunks."""
         tokens = frame.logprobs or []
+        # validated from plain data, so every field counts as given (chunks omit unset ones)
         if self.chat:
-            return ChoiceLogprobs(content=tokens, refusal=None)
+            content = [token.model_dump() for token in tokens]
+            return ChoiceLogprobs.model_validate({"content": content, "refusal": None})
         offset = self._offsets.get(index, 0)
         self._offsets[index] = offset + len(frame.text)
-        return replies.completion_logprobs(tokens, offset)
+        legacy = replies.completion_logprobs(tokens, offset)
+        return CompletionLogprobs.model_validate(legacy.model_dump())
 
 
 def event(body: object) -> bytes:
