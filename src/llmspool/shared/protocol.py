@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 #: ``tool_calls`` ends a reply that calls tools; ``function_call`` the same for a request that
 #: used the legacy ``functions``.
@@ -153,16 +153,28 @@ class StreamOptions(OpenAIBaseModel):
 
 
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
-TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def _refuse_bool(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic's lax mode would read them as 1 and 0),
+    while 16.0 stays an integer as JSON Schema says."""
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+NotBool = BeforeValidator(_refuse_bool)
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0), NotBool]
+TopP = Annotated[float, Field(gt=0.0, le=1.0), NotBool]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0), NotBool]
+PositiveInt = Annotated[int, Field(ge=1), NotBool]
 # Bounds a JSON number holds exactly (doubles): larger ones cannot be validated consistently.
-Seed = Annotated[int, Field(ge=-(2**53), le=2**53)]
+Seed = Annotated[int, Field(ge=-(2**53), le=2**53), NotBool]
 NonEmptyText = Annotated[str, Field(min_length=1)]
 #: Choices per request: OpenAI's own bound.
-Choices = Annotated[int, Field(ge=1, le=128)]
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=256)]
+Choices = Annotated[int, Field(ge=1, le=128), NotBool]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0), NotBool]], Field(max_length=256)]
 
 
 class RequestModel(OpenAIBaseModel):
@@ -198,14 +210,14 @@ class ChatCompletionRequest(RequestModel):
     temperature: Temperature | None = None
     tool_choice: ToolChoice | None = None
     tools: Annotated[list[ChatTool], Field(max_length=128)] | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), NotBool] | None = None
     top_p: TopP | None = None
     user: str | None = None
     # --- vLLM's extensions (honoured where the backend can, see shared/capabilities.py) ---
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=-1), NotBool] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0), NotBool] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0), NotBool] | None = None
+    min_tokens: Annotated[int, Field(ge=0), NotBool] | None = None
     ignore_eos: bool | None = None
     stop_token_ids: TokenIds | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -243,7 +255,7 @@ class CompletionRequest(RequestModel):
     echo: bool | None = False
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), NotBool] | None = None
     max_tokens: PositiveInt | None = 16
     n: Choices | None = None
     presence_penalty: Penalty | None = None
@@ -256,10 +268,10 @@ class CompletionRequest(RequestModel):
     top_p: TopP | None = None
     user: str | None = None
     # --- vLLM's extensions (honoured where the backend can, see shared/capabilities.py) ---
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=-1), NotBool] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0), NotBool] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0), NotBool] | None = None
+    min_tokens: Annotated[int, Field(ge=0), NotBool] | None = None
     ignore_eos: bool | None = None
     stop_token_ids: TokenIds | None = None
     # --- vLLM's structured outputs (honoured where the backend can, see shared/outputs.py) ---

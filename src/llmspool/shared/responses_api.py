@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator
 
-from llmspool.shared.protocol import OpenAIBaseModel, PositiveInt, Temperature, TopP
+from llmspool.shared.protocol import NotBool, OpenAIBaseModel, PositiveInt, Temperature, TopP
 
 # ------------------------------------------------------------------------------- input items
 
@@ -201,7 +201,7 @@ class ResponseRequest(OpenAIBaseModel):
     text: TextConfig | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
     tools: list[FunctionTool] | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), NotBool] | None = None
     top_p: TopP | None = None
     truncation: Literal["auto", "disabled"] | None = None
     user: str | None = None
